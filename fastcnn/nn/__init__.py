@@ -1,0 +1,7 @@
+"""Drop-in torch.nn modules on fastcnn's ops (same constructor arguments and
+state_dict keys as their torch.nn twins), fused modules, and ``convert``."""
+from fastcnn.nn.conv import Conv2d  # noqa: F401
+from fastcnn.nn.convert import convert  # noqa: F401
+from fastcnn.nn.fused import ConvBNAct, ConvBNReLU, FusedConv2dBN  # noqa: F401
+
+__all__ = ["Conv2d", "ConvBNAct", "ConvBNReLU", "FusedConv2dBN", "convert"]

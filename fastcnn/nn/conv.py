@@ -1,0 +1,37 @@
+"""fastcnn.nn.Conv2d: torch.nn.Conv2d on fastcnn's kernels."""
+import torch
+import torch.nn.functional as F
+
+from fastcnn import ops
+
+
+class Conv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d with the same arguments, parameters and state_dict, computed by
+    ``fastcnn.ops.conv2d``. Extra keyword: ``algo`` (see fastcnn.ops)."""
+
+    def __init__(self, *args, algo: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.algo = algo
+
+    def padded_input(self, input):
+        """(input, padding) with a non-zero padding_mode applied, as torch.nn.Conv2d does."""
+        if self.padding_mode == "zeros":
+            return input, self.padding
+        return F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+
+    def _conv_forward(self, input, weight, bias):
+        input, padding = self.padded_input(input)
+        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, algo=self.algo)
+
+    @classmethod
+    def from_torch(cls, conv: torch.nn.Conv2d, algo: str = "auto", **extra):
+        """A fastcnn module sharing ``conv``'s parameters (no copy, no re-initialisation)."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                  device="meta", algo=algo, **extra)
+        new.weight, new.bias = conv.weight, conv.bias
+        new.train(conv.training)
+        return new
+
+    def extra_repr(self):
+        return super().extra_repr() + f", algo={self.algo!r}"

@@ -1,0 +1,28 @@
+"""Argument checks shared by the ops. Every error names the op and the argument."""
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(op, name, t, dim=None, dtype=None, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: argument '{name}' must be a Tensor, got {type(t).__name__}")
+    if dim is not None and t.dim() not in ((dim,) if isinstance(dim, int) else dim):
+        raise ValueError(f"{op}: argument '{name}' must be {dim}-dimensional, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: argument '{name}' must be a floating-point tensor "
+                        f"(float16, bfloat16, float32, float64), got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{op}: argument '{name}' has dtype {t.dtype}, expected {dtype} like 'input'")
+    if device is not None and t.device != device:
+        raise ValueError(f"{op}: argument '{name}' is on {t.device}, expected {device} like 'input'")
+
+
+def pair(op, name, value, minimum):
+    """An int or a pair of ints, each >= minimum, as a list of two ints."""
+    values = [value, value] if isinstance(value, int) else list(value)
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{op}: argument '{name}' must be an int or a pair of ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{op}: argument '{name}' must be >= {minimum}, got {value!r}")
+    return values

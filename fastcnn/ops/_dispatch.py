@@ -1,0 +1,209 @@
+"""Backend dispatch (DESIGN.md, "Backends and dispatch").
+
+Each op has an ``OpDispatcher`` holding its backends in fallback order. A backend
+declares, per call, the reasons it cannot take it (``not_supported_reasons``, as in
+xformers); the dispatcher never runs a backend that gave a reason:
+
+- ``algo="triton" | "cuda" | "cudnn" | "reference"``: that backend, or, when it
+  cannot take the call, the next one in ``BACKENDS`` order that can (with a
+  warning naming the reasons, once per op/backend/reason).
+- ``algo="auto"``: on CPU tensors the Triton kernels under the interpreter when
+  ``TRITON_INTERPRET=1``, else ``reference``. On CUDA, the fastest candidate,
+  timed once per call signature (shapes, layouts, dtypes, arguments) and cached in
+  memory and on disk, keyed by GPU name and library versions.
+"""
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fastcnn.triton_kernels._common import interpret_mode
+
+BACKENDS = ("triton", "cuda", "cudnn", "reference")
+ALGOS = ("auto",) + BACKENDS
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    run: Callable
+    not_supported_reasons: Callable[..., list]
+
+
+def _tensors(args):
+    return [a for a in args if isinstance(a, torch.Tensor)]
+
+
+def triton_reasons(*args, dtypes=(torch.float16, torch.bfloat16, torch.float32)) -> list:
+    """Why the Triton kernels cannot run on these arguments (device and dtype)."""
+    tensors = _tensors(args)
+    reasons = []
+    device = tensors[0].device
+    if device.type == "cpu":
+        if not interpret_mode():
+            reasons.append("CPU tensors (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU)")
+        dtypes = tuple(d for d in dtypes if d != torch.bfloat16) + (torch.float64,)
+    elif device.type != "cuda":
+        reasons.append(f"device {device.type} is not supported by the Triton kernels")
+    dtype = tensors[0].dtype
+    if dtype not in dtypes:
+        why = " (bf16 tl.dot is wrong under the Triton interpreter)" if dtype == torch.bfloat16 else ""
+        reasons.append(f"dtype {dtype} is not supported by the Triton kernels here{why}")
+    return reasons
+
+
+def cudnn_reasons(*args) -> list:
+    """Why the ATen (cuDNN) path is not a separate backend for these arguments."""
+    if _tensors(args)[0].device.type != "cuda":
+        return ["cudnn runs on CUDA tensors only (CPU tensors use 'reference')"]
+    if not torch.backends.cudnn.is_available():
+        return ["cuDNN is not available in this PyTorch build"]
+    return []
+
+
+def no_reasons(*args) -> list:
+    return []
+
+
+def signature(args) -> str:
+    """The part of a call that decides which backend is fastest."""
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append(f"{a.dtype}{list(a.shape)}{list(a.stride())}")
+        else:
+            parts.append(repr(a))
+    return "|".join(parts)
+
+
+class _AutoCache:
+    """The auto choice per (op, signature), in memory and in a JSON file per
+    (GPU, library versions). Set FASTCNN_AUTOTUNE_CACHE=0 to keep it in memory only."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._choices = None
+        self._path = None
+
+    def _env_key(self):
+        import triton
+        import fastcnn
+        return (f"{torch.cuda.get_device_name()}|torch {torch.__version__}|"
+                f"triton {triton.__version__}|fastcnn {fastcnn.__version__}")
+
+    def _load(self):
+        if self._choices is not None:
+            return
+        self._choices = {}
+        if os.environ.get("FASTCNN_AUTOTUNE_CACHE", "1") == "0":
+            return
+        root = Path(os.environ.get("FASTCNN_CACHE_DIR", Path.home() / ".cache" / "fastcnn"))
+        self._path = root / "autotune.json"
+        try:
+            self._choices = json.loads(self._path.read_text()).get(self._env_key(), {})
+        except (OSError, ValueError):
+            pass
+
+    def get(self, key):
+        with self._lock:
+            self._load()
+            return self._choices.get(key)
+
+    def put(self, key, name):
+        with self._lock:
+            self._load()
+            self._choices[key] = name
+            if self._path is None:
+                return
+            try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    everything = json.loads(self._path.read_text())
+                except (OSError, ValueError):
+                    everything = {}
+                everything[self._env_key()] = self._choices
+                tmp = self._path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(everything, indent=1, sort_keys=True))
+                os.replace(tmp, self._path)
+            except OSError as e:  # a read-only home must not break a training run
+                warnings.warn(f"fastcnn: cannot write the autotune cache {self._path}: {e}")
+                self._path = None
+
+    def clear(self):
+        with self._lock:
+            self._choices = {}
+
+
+AUTO_CACHE = _AutoCache()
+
+
+def _time_ms(fn, args, reps=3):
+    fn(*args)  # warm-up: compilation, autotuning, cuDNN's own search
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+class OpDispatcher:
+    def __init__(self, op: str):
+        self.op = op
+        self.backends: dict[str, Backend] = {}
+        self._warned = set()
+
+    def register(self, name, run, not_supported_reasons=no_reasons):
+        assert name in BACKENDS, name
+        self.backends[name] = Backend(name, run, not_supported_reasons)
+        return run
+
+    def reasons(self, name, args) -> list:
+        backend = self.backends.get(name)
+        if backend is None:
+            return [f"{self.op} has no {name} backend"]
+        return backend.not_supported_reasons(*args)
+
+    def supported(self, args) -> list:
+        return [n for n in BACKENDS if n in self.backends and not self.reasons(n, args)]
+
+    def choose(self, algo, args) -> str:
+        if algo not in ALGOS:
+            raise ValueError(f"{self.op}: argument 'algo' must be one of {ALGOS}, got {algo!r}")
+        candidates = self.supported(args)
+        if algo == "auto":
+            return self._auto(candidates, args)
+        if algo in candidates:
+            return algo
+        fallback = next(n for n in BACKENDS[BACKENDS.index(algo):] + ("reference",) if n in candidates)
+        reasons = "; ".join(self.reasons(algo, args))
+        if (algo, reasons) not in self._warned:
+            self._warned.add((algo, reasons))
+            warnings.warn(f"{self.op}: algo={algo!r} cannot take this call ({reasons}); using {fallback!r}")
+        return fallback
+
+    def _auto(self, candidates, args):
+        device = _tensors(args)[0].device
+        if device.type != "cuda":
+            return "triton" if "triton" in candidates else "reference"
+        timed = [n for n in candidates if n != "reference"] or candidates
+        if len(timed) == 1:
+            return timed[0]
+        key = f"{self.op}|{signature(args)}"
+        choice = AUTO_CACHE.get(key)
+        if choice not in timed:
+            times = {n: _time_ms(self.backends[n].run, args) for n in timed}
+            choice = min(times, key=times.get)
+            AUTO_CACHE.put(key, choice)
+        return choice
+
+    def __call__(self, algo, *args):
+        return self.backends[self.choose(algo, args)].run(*args)

@@ -1,0 +1,63 @@
+"""Helpers shared by the tests (and imported by the benchmarks): devices, dtypes,
+layouts, tolerances against a float64 reference."""
+import torch
+
+from fastcnn.triton_kernels._common import interpret_mode
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+
+# bf16 tl.dot returns garbage under the Triton interpreter (measured with Triton
+# 3.9), so bf16 is tested on the GPU only.
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+
+# Bound on ||out - ref|| / ||ref|| against a float64 reference, per input dtype. fp32
+# on the GPU may use TF32 (cuDNN's default flag), whose 10-bit mantissa sets its bound.
+REL_TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 2e-3 if ON_GPU else 1e-5,
+    torch.float16: 3e-3,
+    torch.bfloat16: 2e-2,
+}
+
+
+def rel_error(out, ref):
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_close(out, ref, dtype=None, factor=1.0, what=""):
+    """Assert out matches the float64 ``ref`` within the dtype's relative-norm bound
+    (times ``factor``), that shapes agree, and that nothing is NaN or Inf."""
+    dtype = dtype or out.dtype
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    if ref.numel() == 0:
+        return
+    err = rel_error(out, ref)
+    tol = REL_TOL[dtype] * factor
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+
+
+def make_input(shape, dtype=torch.float32, layout="nchw", device=DEVICE, requires_grad=False):
+    """A random tensor in the given layout: 'nchw', 'nhwc' (channels_last),
+    'noncontig' (a strided slice of a larger tensor)."""
+    if layout == "noncontig":
+        n, c, h, w = shape
+        t = torch.randn(n, c * 2, h, w + 3, device=device, dtype=torch.float32)[:, ::2, :, 1:w + 1]
+    else:
+        t = torch.randn(shape, device=device, dtype=torch.float32)
+        if layout == "nhwc":
+            t = t.contiguous(memory_format=torch.channels_last)
+    t = t.to(dtype)
+    assert tuple(t.shape) == tuple(shape)
+    return t.requires_grad_(requires_grad)
+
+
+def expanded_grad(shape, dtype, device=DEVICE):
+    """The stride-0 gradient that ``out.sum().backward()`` sends."""
+    return torch.ones((), dtype=dtype, device=device).expand(shape)
+
+
+__all__ = ["DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
+           "make_input", "expanded_grad", "interpret_mode"]

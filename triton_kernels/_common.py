@@ -1,0 +1,80 @@
+"""Pieces shared by every Triton kernel: interpreter detection, autotune configs,
+the activation epilogue and output allocation."""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotune_configs(gpu_configs, interpreter_config):
+    """The GPU tile configurations, or a single small one under the interpreter,
+    where autotuning would run every configuration on the CPU for nothing."""
+    return [interpreter_config] if interpret_mode() else gpu_configs
+
+
+# Activation codes passed to kernels as tl.constexpr ACT.
+ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
+
+
+@triton.jit
+def apply_activation(x, ACT: tl.constexpr):
+    """Elementwise activation on an fp32 tile; ACT is a code from ACTIVATIONS."""
+    if ACT == 1:
+        x = tl.maximum(x, 0.0)
+    elif ACT == 2:
+        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+    elif ACT == 3:
+        x = x / (1.0 + tl.exp(-x))
+    elif ACT == 4:
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    return x
+
+
+@triton.jit
+def activation_grad(z, ACT: tl.constexpr):
+    """d act(z) / dz on an fp32 tile of pre-activation values z."""
+    if ACT == 0:
+        g = tl.full(z.shape, 1.0, tl.float32)
+    elif ACT == 1:
+        g = tl.where(z > 0.0, 1.0, 0.0)
+    elif ACT == 2:
+        g = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
+    elif ACT == 3:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        g = s * (1.0 + z * (1.0 - s))
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
+        g = cdf + z * pdf
+    return g
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The layout an output derived from ``t`` is allocated in: channels_last when
+    ``t`` is channels_last (and not also plain contiguous), else contiguous. Real and
+    fake kernels both use this, so their output strides agree."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_nchw(like: torch.Tensor, shape, memory_format, dtype=None) -> torch.Tensor:
+    """An uninitialised 4-d tensor on ``like``'s device in the given layout (works
+    under FakeTensorMode too, so fake kernels allocate through it)."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
+def allow_tf32() -> bool:
+    """Convolutions follow cuDNN's TF32 flag, as PyTorch's do."""
+    return torch.backends.cudnn.allow_tf32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """input_precision for tl.dot: tf32 only for fp32 inputs with TF32 allowed."""
+    return "tf32" if dtype == torch.float32 and allow_tf32() else "ieee"
