@@ -17,6 +17,23 @@ ACTIVATION_FNS = {
 }
 
 
+def activation_grad(z, activation):
+    """d act(z) / dz, written out: custom-op implementations run below autograd, so
+    they cannot differentiate ACTIVATION_FNS themselves."""
+    if activation == "none":
+        return torch.ones_like(z)
+    if activation == "relu":
+        return (z > 0).to(z.dtype)
+    if activation == "relu6":
+        return ((z > 0) & (z < 6)).to(z.dtype)
+    if activation == "silu":
+        s = torch.sigmoid(z)
+        return s * (1 + z * (1 - s))
+    if activation == "gelu":
+        return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) * 0.3989422804014327
+    raise ValueError(f"unknown activation {activation!r}")
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
@@ -49,6 +66,9 @@ def conv2d_weight_grad(grad_out, x, weight_shape, stride, padding, dilation, gro
 def batch_stats(y):
     """Per-channel mean and biased variance of an (N, C, H, W) tensor, in fp32+."""
     y = y.to(compute_dtype(y.dtype))
+    if y.numel() == 0:
+        nan = y.new_full((y.shape[1],), float("nan"))
+        return nan, nan.clone()
     var, mean = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
     return mean, var
 
@@ -76,9 +96,7 @@ def bn_act_backward(grad_out, y, mean, invstd, gamma, beta, residual, activation
     z = yhat * gamma.to(ct).view(shape) + beta.to(ct).view(shape)
     if residual is not None:
         z = z + residual.to(ct)
-    with torch.enable_grad():
-        z = z.detach().requires_grad_()
-        (dz,) = torch.autograd.grad(ACTIVATION_FNS[activation](z), z, grad_out.to(ct))
+    dz = grad_out.to(ct) * activation_grad(z, activation)
     count = y.numel() // y.shape[1]
     dbeta = dz.sum((0, 2, 3))
     dgamma = (dz * yhat).sum((0, 2, 3))

@@ -6,7 +6,7 @@ xformers); the dispatcher never runs a backend that gave a reason:
 
 - ``algo="triton" | "cuda" | "cudnn" | "reference"``: that backend, or, when it
   cannot take the call, the next one in ``BACKENDS`` order that can (with a
-  warning naming the reasons, once per op/backend/reason).
+  warning naming the reasons).
 - ``algo="auto"``: on CPU tensors the Triton kernels under the interpreter when
   ``TRITON_INTERPRET=1``, else ``reference``. On CUDA, the fastest candidate,
   timed once per call signature (shapes, layouts, dtypes, arguments) and cached in
@@ -159,7 +159,6 @@ class OpDispatcher:
     def __init__(self, op: str):
         self.op = op
         self.backends: dict[str, Backend] = {}
-        self._warned = set()
 
     def register(self, name, run, not_supported_reasons=no_reasons):
         assert name in BACKENDS, name
@@ -185,9 +184,9 @@ class OpDispatcher:
             return algo
         fallback = next(n for n in BACKENDS[BACKENDS.index(algo):] + ("reference",) if n in candidates)
         reasons = "; ".join(self.reasons(algo, args))
-        if (algo, reasons) not in self._warned:
-            self._warned.add((algo, reasons))
-            warnings.warn(f"{self.op}: algo={algo!r} cannot take this call ({reasons}); using {fallback!r}")
+        # Python's default warning filter shows each distinct message once.
+        warnings.warn(f"{self.op}: algo={algo!r} cannot take this call ({reasons}); using {fallback!r}",
+                      stacklevel=2)
         return fallback
 
     def _auto(self, candidates, args):

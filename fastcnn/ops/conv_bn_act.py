@@ -60,10 +60,9 @@ def _triton_bn_backward(*args):
 
 def _cudnn_bn_backward(grad_out, y, mean, invstd, gamma, beta, residual, activation):
     # ATen's own path: the activation's gradient, then native_batch_norm_backward.
-    with torch.enable_grad():
-        z = torch.ops.aten.native_batch_norm(y, gamma, beta, None, None, True, 0.0, 0.0)[0].detach()
-        z = (z if residual is None else z + residual).requires_grad_()
-        (dz,) = torch.autograd.grad(reference.ACTIVATION_FNS[activation](z), z, grad_out)
+    shape = (1, -1, 1, 1)
+    z = (y - mean.view(shape)) * (invstd * gamma).view(shape) + beta.view(shape)
+    dz = grad_out * reference.activation_grad(z if residual is None else z + residual, activation)
     dy, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
         dz, y, gamma, None, None, mean, invstd, True, 0.0, [True, True, True])
     return dy, dgamma, dbeta, (dz if residual is not None else None)

@@ -1,0 +1,193 @@
+"""fastcnn.ops.conv2d through the whole op stack: semantics of F.conv2d, autograd,
+opcheck, torch.compile, dispatch and argument errors. The kernel-level shape and
+dtype matrices are in test_conv2d_igemm.py and test_conv2d_grouped.py."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastcnn import ops
+from fastcnn.ops.conv2d import conv2d_input_grad_op, conv2d_op, conv2d_weight_grad_op
+from helpers import DEVICE, DTYPES, assert_close, expanded_grad, make_input
+
+# (N, C, H, W, K, kernel, stride, padding, dilation, groups)
+CASES = [
+    (2, 5, 9, 11, 18, 3, 1, 1, 1, 1),
+    (1, 3, 17, 15, 16, 7, 2, 3, 1, 1),         # a stem: 3 input channels
+    (3, 8, 10, 10, 16, 1, 1, 0, 1, 1),         # 1x1
+    (1, 6, 23, 23, 16, 11, 4, 2, 1, 1),        # AlexNet-like 11x11 stride 4
+    (2, 16, 9, 9, 32, 3, 2, 2, 2, 1),          # dilation 2
+    (2, 8, 7, 9, 32, (5, 3), 1, "same", 1, 1),  # rectangular kernel, 'same'
+    (2, 8, 8, 8, 16, 4, 1, "same", 1, 1),      # even kernel: asymmetric 'same'
+    (1, 8, 9, 9, 16, 3, 1, "valid", 1, 2),     # groups 2
+    (2, 16, 7, 7, 16, 3, 2, 1, 1, 4),          # groups 4, 4 channels each
+    (2, 8, 9, 9, 8, 5, 1, 2, 1, 8),            # depthwise
+    (0, 8, 9, 9, 16, 3, 1, 1, 1, 1),           # empty batch
+]
+
+
+def _reference(x, w, b, stride, padding, dilation, groups):
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    b64 = None if b is None else b.detach().double().requires_grad_()
+    return x64, w64, b64, F.conv2d(x64, w64, b64, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
+def test_conv2d_forward_backward(case, layout):
+    n, c, h, w_, k, ks, stride, padding, dilation, groups = case
+    ks = (ks, ks) if isinstance(ks, int) else ks
+    x = make_input((n, c, h, w_), layout=layout, requires_grad=True)
+    w = torch.randn(k, c // groups, *ks, device=DEVICE, requires_grad=True)
+    b = torch.randn(k, device=DEVICE, requires_grad=True)
+    out = ops.conv2d(x, w, b, stride, padding, dilation, groups)
+    x64, w64, b64, ref = _reference(x, w, b, stride, padding, dilation, groups)
+    assert_close(out, ref, what="forward")
+    if layout == "nhwc" and n > 0:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (x, w, b), grad.float())
+    want = torch.autograd.grad(ref, (x64, w64, b64), grad)
+    for g, r, what in zip(got, want, ("dx", "dw", "dbias")):
+        assert_close(g, r, torch.float32, what=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_dtypes_and_expanded_grad(dtype):
+    x = make_input((2, 8, 9, 7), dtype=dtype, layout="nhwc", requires_grad=True)
+    w = (torch.randn(16, 8, 3, 3, device=DEVICE) / 5).to(dtype).requires_grad_()
+    out = ops.conv2d(x, w, None, 1, 1)
+    assert out.dtype == dtype
+    out.sum().backward()  # sends the stride-0 gradient
+    x64, w64, _, ref = _reference(x, w, None, 1, 1, 1, 1)
+    ref.backward(expanded_grad(ref.shape, torch.float64))
+    assert_close(out, ref, dtype, what="forward")
+    assert_close(x.grad, x64.grad, dtype, what="dx")
+    assert_close(w.grad, w64.grad, dtype, factor=2, what="dw")
+
+
+def test_unbatched_input():
+    x, w = torch.randn(4, 8, 8, device=DEVICE), torch.randn(6, 4, 3, 3, device=DEVICE)
+    out = ops.conv2d(x, w, padding=1)
+    assert out.shape == (6, 8, 8)
+    assert_close(out, F.conv2d(x.double(), w.double(), padding=1))
+
+
+def test_gradcheck_and_gradgradcheck():
+    x = torch.randn(1, 4, 5, 6, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    fn = lambda x, w, b: ops.conv2d(x, w, b, 2, 1, 1, 2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+def test_fused_epilogue_relu_residual_grad():
+    x = make_input((2, 8, 7, 7), layout="nhwc", requires_grad=True)
+    w = torch.randn(16, 8, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(16, device=DEVICE, requires_grad=True)
+    res = make_input((2, 16, 7, 7), layout="nhwc", requires_grad=True)
+    out = conv2d_op(x, w, b, res, [1, 1], [1, 1], [1, 1], 1, "relu", "auto")
+    x64, w64, b64, y = _reference(x, w, b, 1, 1, 1, 1)
+    r64 = res.detach().double().requires_grad_()
+    ref = torch.relu(y + r64)
+    assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (x, w, b, res), grad.float())
+    want = torch.autograd.grad(ref, (x64, w64, b64, r64), grad)
+    for g, r in zip(got, want):
+        assert_close(g, r, torch.float32)
+
+
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_opcheck(layout):
+    x = make_input((2, 4, 7, 6), layout=layout, requires_grad=True)
+    w = torch.randn(8, 4, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(8, device=DEVICE, requires_grad=True)
+    res = make_input((2, 8, 4, 3), layout=layout, requires_grad=True)
+    params = ([2, 2], [1, 1], [1, 1], 1)
+    torch.library.opcheck(conv2d_op, (x, w, b, res, *params, "relu", "auto"), test_utils=OPCHECK_TESTS)
+    g = make_input((2, 8, 4, 3), layout=layout, requires_grad=True)
+    torch.library.opcheck(conv2d_input_grad_op, (g, w, list(x.shape), *params, "auto"), test_utils=OPCHECK_TESTS)
+    torch.library.opcheck(conv2d_weight_grad_op, (g, x, list(w.shape), *params, "auto"), test_utils=OPCHECK_TESTS)
+
+
+def test_torch_compile_fullgraph():
+    x = make_input((2, 4, 9, 9), layout="nhwc", requires_grad=True)
+    w = torch.randn(8, 4, 3, 3, device=DEVICE, requires_grad=True)
+
+    def f(x, w):
+        return torch.relu(ops.conv2d(x, w, None, 1, "same")).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, w)
+    dx, dw = torch.autograd.grad(loss, (x, w))
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = torch.relu(F.conv2d(x64, w64, None, 1, "same")).sum()
+    rdx, rdw = torch.autograd.grad(ref, (x64, w64))
+    assert_close(loss, ref)
+    assert_close(dx, rdx)
+    assert_close(dw, rdw)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def test_every_algo_gives_the_right_answer():
+    x, w = make_input((2, 8, 9, 9)), torch.randn(16, 8, 3, 3, device=DEVICE)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    for algo in ops.ALGOS:
+        with pytest.warns(UserWarning) if (algo == "cuda" or (algo == "cudnn" and DEVICE == "cpu")) else _no_warning():
+            out = ops.conv2d(x, w, padding=1, algo=algo)
+        assert_close(out, ref, what=algo)
+
+
+def test_bf16_on_cpu_falls_back_to_a_correct_backend():
+    if DEVICE != "cpu":
+        pytest.skip("interpreter-only limitation")
+    x, w = make_input((1, 8, 9, 9), dtype=torch.bfloat16), torch.randn(16, 8, 3, 3).bfloat16()
+    with pytest.warns(UserWarning, match="bf16"):
+        out = ops.conv2d(x, w, padding=1, algo="triton")
+    assert_close(out, F.conv2d(x.double(), w.double(), padding=1), torch.bfloat16)
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def test_unknown_algo_is_an_error():
+    with pytest.raises(ValueError, match="fastcnn.conv2d: argument 'algo'"):
+        ops.conv2d(torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3), algo="winograd9000")
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((torch.randn(1, 3, 5, 5), torch.randn(2, 2, 3, 3)), {}, ValueError, "'input' has 3 channels"),
+    ((torch.randn(5, 5), torch.randn(2, 2, 3, 3)), {}, ValueError, "'input' must be 4-dimensional"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3)), {}, ValueError, "'weight' must be 4-dimensional"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3).double()), {}, TypeError, "'weight' has dtype"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3, device="meta")), {}, ValueError, "'weight' is on meta"),
+    ((torch.randn(1, 4, 5, 5), torch.randn(3, 2, 3, 3)), {"groups": 2}, ValueError, "'groups'=2 does not divide"),
+    ((torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3)), {"groups": 0}, ValueError, "'groups' must be a positive"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3), torch.randn(3)), {}, ValueError, "'bias' has 3"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)), {"stride": 0}, ValueError, "'stride' must be >= 1"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)), {"padding": -1}, ValueError, "'padding' must be >= 0"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)), {"padding": "full"}, ValueError, "'padding' must be"),
+    ((torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)), {"padding": "same", "stride": 2}, ValueError, "strided"),
+    ((torch.randn(1, 2, 2, 2), torch.randn(2, 2, 3, 3)), {}, ValueError, "too small"),
+    ((torch.randint(0, 3, (1, 2, 5, 5)), torch.randn(2, 2, 3, 3)), {}, TypeError, "floating-point"),
+    (("x", torch.randn(2, 2, 3, 3)), {}, TypeError, "'input' must be a Tensor"),
+])
+def test_bad_arguments_name_the_op_and_argument(args, kwargs, error, match):
+    with pytest.raises(error, match=f"fastcnn.conv2d: .*{match}"):
+        ops.conv2d(*args, **kwargs)

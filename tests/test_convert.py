@@ -1,0 +1,133 @@
+"""fastcnn.nn.convert on a ResNet-style model written in plain torch: the swaps and
+fusions it makes, equal outputs and gradients in eval and training mode, identical
+running-stat updates, and state_dicts that load both ways."""
+import copy
+
+import pytest
+import torch
+import torch.nn as tnn
+
+import fastcnn.nn as fnn
+from helpers import DEVICE, assert_close, make_input
+
+
+class BasicBlock(tnn.Module):
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(cout)
+        self.relu = tnn.ReLU(inplace=True)  # used twice: must not be swapped out
+        self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False), tnn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class TinyResNet(tnn.Module):
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.stem = tnn.Sequential(tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU())
+        self.layer1 = BasicBlock(16, 16)
+        self.layer2 = BasicBlock(16, 32, stride=2)
+        self.head = tnn.Conv2d(32, 8, 1)  # no BatchNorm after it: a plain swap
+        self.fc = tnn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.head(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _randomize_bn(model):
+    for m in model.modules():
+        if isinstance(m, tnn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.fixture
+def models():
+    torch.manual_seed(0)
+    plain = TinyResNet().to(DEVICE)
+    _randomize_bn(plain)
+    return plain, fnn.convert(copy.deepcopy(plain))
+
+
+def test_what_convert_swaps_and_fuses(models):
+    _, converted = models
+    fused = [n for n, m in converted.named_modules() if isinstance(m, fnn.FusedConv2dBN)]
+    assert fused == ["stem.0", "layer1.conv1", "layer1.conv2", "layer2.conv1", "layer2.conv2",
+                     "layer2.downsample.0"]
+    acts = {n: converted.get_submodule(n).activation for n in fused}
+    assert acts["layer1.conv1"] == "relu" and acts["layer1.conv2"] == "relu"  # conv2 took "+= identity" and relu
+    assert acts["layer2.downsample.0"] == "none"
+    assert type(converted.head) is fnn.Conv2d
+    assert not any(type(m) is tnn.Conv2d for m in converted.modules())
+    assert type(converted.layer1) is BasicBlock  # the class is kept
+
+
+def test_state_dict_keys_and_loading(models):
+    plain, converted = models
+    assert list(plain.state_dict()) == list(converted.state_dict())
+    converted.load_state_dict(plain.state_dict())
+    plain.load_state_dict(converted.state_dict())
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_eval_outputs_and_grads_match(models, layout):
+    plain, converted = models
+    plain.eval(), converted.eval()
+    x = make_input((2, 3, 12, 11), layout=layout, requires_grad=True)
+    x64 = x.detach().double().requires_grad_()
+    ref = copy.deepcopy(plain).double()(x64)
+    out = converted(x)
+    assert_close(out, ref, torch.float32, factor=10)
+    ref.square().sum().backward()
+    out.square().sum().backward()
+    assert_close(x.grad, x64.grad, torch.float32, factor=10)
+
+
+def test_training_step_and_running_stats_match(models):
+    plain, converted = models
+    plain64 = copy.deepcopy(plain).double()
+    plain64.train(), converted.train()
+    for _ in range(2):
+        x = make_input((3, 3, 10, 10))
+        ref, out = plain64(x.double()), converted(x)
+        assert_close(out, ref, torch.float32, factor=10)
+        ref.square().sum().backward()
+        out.square().sum().backward()
+    named64 = dict(plain64.named_parameters())
+    for name, p in converted.named_parameters():
+        assert_close(p.grad, named64[name].grad, torch.float32, factor=20, what=name)
+    buffers64 = dict(plain64.named_buffers())
+    for name, b in converted.named_buffers():
+        if b.dtype.is_floating_point:
+            assert_close(b, buffers64[name], torch.float32, factor=10, what=name)
+        else:
+            assert b.item() == buffers64[name].item() == 2, name
+
+
+def test_convert_twice_changes_nothing(models):
+    plain, converted = models
+    converted.eval()
+    x = make_input((1, 3, 9, 9))
+    before = converted(x)
+    again = fnn.convert(converted)
+    assert again is converted
+    assert_close(converted(x), before.double(), torch.float32)
+
+
+def test_fuse_false_only_swaps():
+    model = fnn.convert(TinyResNet(), fuse=False)
+    assert not any(isinstance(m, fnn.FusedConv2dBN) for m in model.modules())
+    assert sum(type(m) is fnn.Conv2d for m in model.modules()) == 7
