@@ -191,3 +191,14 @@ def test_unknown_algo_is_an_error():
 def test_bad_arguments_name_the_op_and_argument(args, kwargs, error, match):
     with pytest.raises(error, match=f"fastcnn.conv2d: .*{match}"):
         ops.conv2d(*args, **kwargs)
+
+
+def test_autocast_runs_in_the_autocast_dtype():
+    x = make_input((2, 4, 7, 7), layout="nhwc", requires_grad=True)
+    w = torch.randn(8, 4, 3, 3, device=DEVICE, requires_grad=True)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out = ops.conv2d(x, w, None, 1, 1)
+    assert out.dtype == torch.float16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    assert_close(out, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float16)

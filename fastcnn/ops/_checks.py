@@ -26,3 +26,14 @@ def pair(op, name, value, minimum):
     if any(v < minimum for v in values):
         raise ValueError(f"{op}: argument '{name}' must be >= {minimum}, got {value!r}")
     return values
+
+
+def autocast(*tensors):
+    """The tensors cast as autocast casts a convolution's arguments: to the autocast
+    dtype when autocast is on for their device (custom ops are not on autocast's
+    lists, so the wrappers do it). Non-floating and None pass through."""
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastcnn.ops._checks import check_tensor, pair
+from fastcnn.ops._checks import autocast, check_tensor, pair
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import reference
 from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
@@ -284,6 +284,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     unbatched = isinstance(input, Tensor) and input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    input, weight, bias = autocast(input, weight, bias)
     input, stride, padding, dilation = normalize_conv_args(OP, input, weight, bias, stride, padding, dilation, groups)
     out = conv2d_op(input, weight, bias, None, stride, padding, dilation, groups, "none", algo)
     return out.squeeze(0) if unbatched else out

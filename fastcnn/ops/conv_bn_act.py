@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastcnn.ops._checks import check_tensor
+from fastcnn.ops._checks import autocast, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.ops.conv2d import _no_cudnn, apply_conv, conv_backward, normalize_conv_args
 from fastcnn.triton_kernels import reference
@@ -168,6 +168,7 @@ def conv_bn_act(input, weight, bias, bn_weight, bn_bias, running_mean, running_v
     ``running_var`` (if given) are updated in place with ``momentum``; with
     ``training=False`` the running statistics normalize (folded into the weights).
     ``activation``: none, relu, relu6, silu or gelu."""
+    input, weight, bias, residual = autocast(input, weight, bias, residual)
     input, stride, padding, dilation = normalize_conv_args(OP, input, weight, bias, stride, padding, dilation, groups)
     if activation not in ACTIVATIONS:
         raise ValueError(f"{OP}: argument 'activation' must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
