@@ -1,0 +1,68 @@
+"""GPU-only: the Triton kernels through the op stack on CUDA at real layer sizes
+(every benchmarked layer at a small batch), every dtype including bf16, against
+float64 references. Skipped without a GPU."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastcnn import ops
+from fastcnn.bench.layers import all_layers
+from helpers import assert_close
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layer", all_layers(), ids=lambda l: l.name)
+def test_layer_forward_backward(layer, dtype):
+    x = torch.randn(2, layer.c, layer.h, layer.w, device="cuda").to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(layer.k, layer.c // layer.groups, layer.r, layer.s, device="cuda")
+         / (layer.c // layer.groups * layer.r * layer.s) ** 0.5).to(dtype).requires_grad_()
+    out = ops.conv2d(x, w, None, layer.stride, layer.padding, 1, layer.groups, algo="triton")
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = F.conv2d(x64, w64, None, layer.stride, layer.padding, 1, layer.groups)
+    assert_close(out, ref, dtype, what="forward")
+    grad = torch.randn_like(ref)
+    dx, dw = torch.autograd.grad(out, (x, w), grad.to(dtype))
+    rdx, rdw = torch.autograd.grad(ref, (x64, w64), grad)
+    assert_close(dx, rdx, dtype, what="dx")
+    assert_close(dw, rdw, dtype, factor=2, what="dw")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_conv_bn_relu_training(dtype, layout):
+    x = torch.randn(8, 64, 28, 28, device="cuda").to(dtype)
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = (torch.randn(128, 64, 3, 3, device="cuda") / 24).to(dtype).requires_grad_()
+    gamma = torch.rand(128, device="cuda", requires_grad=True)
+    beta = torch.randn(128, device="cuda", requires_grad=True)
+    rm, rv = torch.zeros(128, device="cuda"), torch.ones(128, device="cuda")
+    out = ops.conv_bn_act(x, w, None, gamma, beta, rm, rv, training=True, padding=1, algo="triton")
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, gamma, beta)]
+    rrm, rrv = torch.zeros(128, device="cuda", dtype=torch.float64), torch.ones(128, device="cuda", dtype=torch.float64)
+    ref = torch.relu(F.batch_norm(F.conv2d(leaves[0], leaves[1], None, 1, 1), rrm, rrv, leaves[2], leaves[3],
+                                  training=True))
+    assert_close(out, ref, dtype, factor=2)
+    assert_close(rm, rrm, dtype)
+    assert_close(rv, rrv, dtype)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (x, w, gamma, beta), grad.to(dtype))
+    for g, r in zip(got, torch.autograd.grad(ref, leaves, grad)):
+        assert_close(g, r, dtype, factor=4)
+
+
+def test_auto_picks_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
+    from fastcnn.ops._dispatch import AUTO_CACHE
+    AUTO_CACHE.__init__()
+    x = torch.randn(16, 64, 28, 28, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.bfloat16)
+    out = ops.conv2d(x, w, padding=1)
+    assert_close(out, F.conv2d(x.double(), w.double(), padding=1), torch.bfloat16)
+    assert (tmp_path / "autotune.json").exists()
