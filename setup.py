@@ -273,7 +273,7 @@ class BuildExt(build_ext):
         if os.environ.get("CUDAHOSTCXX"):
             nvcc_flags += ["-ccbin", os.environ["CUDAHOSTCXX"]]
         py_inc = {sysconfig.get_paths()["include"], sysconfig.get_paths()["platinclude"]}
-        cxx_flags = [*common, "-fPIC", "-fvisibility=hidden", "-Wall",
+        cxx_flags = [*common, "-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", "-Wall",
                      f"-I{pybind11_include()}", *(f"-I{p}" for p in sorted(py_inc)),
                      *shlex.split(os.environ.get("FASTCNN_CXX_FLAGS", ""))]
         cudart = (["-lcudart_static", "-ldl", "-lrt", "-lpthread"] if static
@@ -344,7 +344,10 @@ def cuda_extensions():
         _say("nvcc not found (CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda): building the "
              "pure-Triton package; fastcnn._C (CUDA backend) will be unavailable")
         return []
-    parse_archs(os.environ.get("FASTCNN_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS)  # fail early
+    try:
+        parse_archs(os.environ.get("FASTCNN_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS)  # fail early
+    except ValueError as e:
+        raise SystemExit(f"fastcnn setup: {e}") from None
     sources = sorted(glob(os.path.join(CSRC, "*.cu")) + glob(os.path.join(CSRC, "*.cpp")))
     depends = sorted(glob(os.path.join(CSRC, "*.cuh")) + glob(os.path.join(CSRC, "*.h")))
     ext = CUDAExtension("fastcnn._C", sources=sources, depends=depends)

@@ -1,0 +1,227 @@
+// bindings.cpp: the single pybind11 module fastcnn._C.
+//
+// Compiled by the host C++ compiler (not nvcc) against pybind11 and the CUDA
+// runtime headers only -- never libtorch.  Device buffers arrive as Python ints
+// (tensor.data_ptr()), streams as ints (torch.cuda.current_stream().cuda_stream).
+// A non-success cudaError_t from an entry point becomes a RuntimeError naming
+// the op; bad arguments the binding can see become ValueError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common.cuh"
+
+// setup.py writes fastcnn_build_config.h (FASTCNN_ARCH_LIST, the exact
+// -gencode targets, e.g. "sm_80;sm_90a;compute_90") into the build directory.
+#if defined(__has_include)
+#if __has_include("fastcnn_build_config.h")
+#include "fastcnn_build_config.h"
+#endif
+#endif
+#ifndef FASTCNN_ARCH_LIST
+#define FASTCNN_ARCH_LIST ""
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+std::string cuda_error_text(cudaError_t err) {
+  return std::string(cudaGetErrorName(err)) + " (" + std::to_string(static_cast<int>(err)) +
+         "): " + cudaGetErrorString(err);
+}
+
+// Turn an entry point's status into a Python RuntimeError naming the op.
+void check_status(const char* op, cudaError_t err) {
+  if (err == cudaSuccess) return;
+  std::string msg = std::string("fastcnn._C.") + op + " failed: " + cuda_error_text(err);
+  if (err == cudaErrorNoKernelImageForDevice || err == cudaErrorInvalidDeviceFunction) {
+    msg += std::string(" [fastcnn._C was built for ") + FASTCNN_ARCH_LIST +
+           "; rebuild with FASTCNN_CUDA_ARCHS set to include this GPU]";
+  }
+  throw std::runtime_error(msg);
+}
+
+std::vector<std::string> built_archs() {
+  std::vector<std::string> out;
+  std::string s = FASTCNN_ARCH_LIST;
+  std::size_t start = 0;
+  while (start <= s.size()) {
+    std::size_t end = s.find(';', start);
+    if (end == std::string::npos) end = s.size();
+    if (end > start) out.push_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+std::string version_text(int v) {  // 13000 -> "13.0"
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+// Does one of the built targets run on a device of compute capability
+// major.minor?  sm_XY (SASS) runs on the same major with minor >= Y; sm_XYa
+// only on exactly X.Y; sm_XYf on the same major with minor >= Y; compute_XY
+// (PTX) is JIT-compiled for any X.Y or newer; compute_XYa only on X.Y.
+bool has_kernel_image_for(int major, int minor) {
+  const int dev = major * 10 + minor;
+  for (const std::string& a : built_archs()) {
+    const bool ptx = a.rfind("compute_", 0) == 0;
+    const bool sass = a.rfind("sm_", 0) == 0;
+    if (!ptx && !sass) continue;
+    std::string num = a.substr(ptx ? 8 : 3);
+    char suffix = 0;
+    if (!num.empty() && (num.back() == 'a' || num.back() == 'f')) {
+      suffix = num.back();
+      num.pop_back();
+    }
+    if (num.size() < 2) continue;
+    int code = 0;
+    try {
+      code = std::stoi(num);
+    } catch (...) {
+      continue;
+    }
+    const int a_major = code / 10, a_minor = code % 10;
+    if (suffix == 'a') {
+      if (major == a_major && minor == a_minor) return true;
+    } else if (ptx) {
+      if (dev >= code) return true;
+    } else {  // SASS, plain or family-specific
+      if (major == a_major && minor >= a_minor) return true;
+    }
+  }
+  return false;
+}
+
+// (ok, reason): reason is None when ok.  Never raises: a machine without a
+// driver or a device gets a clean sentence.  Creates no CUDA context.
+std::pair<bool, std::optional<std::string>> available() {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear it so it does not surface at a later launch check
+    int driver = 0;
+    if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+    cudaGetLastError();
+    const std::string detail = " (cudaGetDeviceCount: " + cuda_error_text(err) + ")";
+    if (err == cudaErrorNoDevice) return {false, "no CUDA device found" + detail};
+    if (err == cudaErrorInsufficientDriver) {
+      if (driver == 0) return {false, "no CUDA device: no NVIDIA driver was found" + detail};
+      return {false, "no usable CUDA device: the NVIDIA driver supports CUDA " +
+                         version_text(driver) + " but fastcnn._C was built with CUDA " +
+                         version_text(CUDART_VERSION) + "; update the driver" + detail};
+    }
+    return {false, "no usable CUDA device: CUDA failed to initialise" + detail};
+  }
+  if (count <= 0) return {false, std::string("no CUDA device found")};
+
+  std::string unsupported;
+  for (int d = 0; d < count; ++d) {
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    if (has_kernel_image_for(major, minor)) return {true, std::nullopt};
+    if (!unsupported.empty()) unsupported += ", ";
+    unsupported += "device " + std::to_string(d) + " is sm_" + std::to_string(major) +
+                   std::to_string(minor);
+  }
+  return {false, std::string("fastcnn._C was built for ") + FASTCNN_ARCH_LIST +
+                     ", which has no code for the GPUs here (" + unsupported +
+                     "); reinstall with FASTCNN_CUDA_ARCHS naming them"};
+}
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+int runtime_version() {
+  int v = 0;
+  if (cudaRuntimeGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return CUDART_VERSION;
+  }
+  return v;
+}
+
+int driver_version() {
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
+cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+void axpby(std::int64_t n, double alpha, std::uintptr_t x, double beta, std::uintptr_t y,
+           std::uintptr_t out, int dtype, std::uintptr_t stream) {
+  if (n < 0) throw py::value_error("fastcnn._C.axpby: n must be >= 0, got " + std::to_string(n));
+  if (dtype != fastcnn::kFloat32 && dtype != fastcnn::kFloat16 && dtype != fastcnn::kBFloat16 &&
+      dtype != fastcnn::kFloat64) {
+    throw py::value_error("fastcnn._C.axpby: unsupported dtype code " + std::to_string(dtype) +
+                          " (expected one of _C.DTYPE_*)");
+  }
+  if (n > 0 && (x == 0 || y == 0 || out == 0)) {
+    throw py::value_error("fastcnn._C.axpby: x, y and out must be non-null device pointers");
+  }
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::axpby(n, alpha, reinterpret_cast<const void*>(x), beta,
+                         reinterpret_cast<const void*>(y), reinterpret_cast<void*>(out), dtype,
+                         as_stream(stream));
+  }
+  check_status("axpby", err);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() =
+      "fastcnn._C: fastcnn's CUDA kernels.  Functions take raw device pointers (ints), sizes "
+      "and a cudaStream_t (int); they never allocate.  Use fastcnn._ext, not this module, "
+      "from torch code.";
+
+  m.attr("DTYPE_FLOAT32") = static_cast<int>(fastcnn::kFloat32);
+  m.attr("DTYPE_FLOAT16") = static_cast<int>(fastcnn::kFloat16);
+  m.attr("DTYPE_BFLOAT16") = static_cast<int>(fastcnn::kBFloat16);
+  m.attr("DTYPE_FLOAT64") = static_cast<int>(fastcnn::kFloat64);
+  m.attr("CUDA_RUNTIME_VERSION_BUILT") = static_cast<int>(CUDART_VERSION);
+
+  m.def("axpby", &axpby, py::arg("n"), py::arg("alpha"), py::arg("x"), py::arg("beta"),
+        py::arg("y"), py::arg("out"), py::arg("dtype"), py::arg("stream") = 0,
+        "out[i] = alpha * x[i] + beta * y[i] for i < n on `stream` (asynchronous).  x, y, out: "
+        "device pointers to n contiguous elements of dtype code `dtype`.  Raises RuntimeError "
+        "naming the op on a CUDA error.");
+  m.def("available", &available,
+        "(ok, reason): whether a CUDA device this build has code for is present; reason is a "
+        "sentence saying why not (no driver, no device, no kernel image) or None.");
+  m.def("device_count", &device_count, "Number of CUDA devices (0 when there is no driver/device).");
+  m.def("cuda_runtime_version", &runtime_version,
+        "Version of the CUDA runtime linked into this module, e.g. 13000 for 13.0.");
+  m.def("driver_version", &driver_version,
+        "Highest CUDA version the installed driver supports, e.g. 13000; 0 when no driver.");
+  m.def("built_archs", &built_archs,
+        "The -gencode targets compiled in, e.g. ['sm_80', 'sm_90a', 'compute_90'] "
+        "(sm_* = SASS, compute_* = PTX JIT-compiled on newer GPUs).");
+  m.def("has_kernel_image_for", &has_kernel_image_for, py::arg("major"), py::arg("minor"),
+        "Whether the built targets can run on a GPU of compute capability major.minor.");
+}
