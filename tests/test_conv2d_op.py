@@ -73,13 +73,16 @@ def test_unbatched_input():
     assert_close(out, F.conv2d(x.double(), w.double(), padding=1))
 
 
-def test_gradcheck_and_gradgradcheck():
-    x = torch.randn(1, 4, 5, 6, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    b = torch.randn(6, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    fn = lambda x, w, b: ops.conv2d(x, w, b, 2, 1, 1, 2)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, w, b))
-    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+@pytest.mark.parametrize("groups, k", [(1, 16), (2, 6)], ids=["igemm", "grouped"])
+def test_gradcheck_and_gradgradcheck(groups, k):
+    # fast_mode checks random projections of the Jacobian: a real numerical check
+    # at a cost the interpreter can afford.
+    x = torch.randn(1, 4, 5, 4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w = torch.randn(k, 4 // groups, 3, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    b = torch.randn(k, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    fn = lambda x, w, b: ops.conv2d(x, w, b, 2, 1, 1, groups)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
+    assert torch.autograd.gradgradcheck(fn, (x, w, b), fast_mode=True)
 
 
 def test_fused_epilogue_relu_residual_grad():
