@@ -39,7 +39,7 @@ from glob import glob
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-PACKAGES = ["fastcnn", "fastcnn.ops", "fastcnn.nn", "fastcnn.bench", "fastcnn.triton_kernels"]
+PACKAGES = ["fastcnn", "fastcnn.ops", "fastcnn.nn", "fastcnn.models", "fastcnn.bench", "fastcnn.triton_kernels"]
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"

@@ -6,7 +6,7 @@ Submodules load on first use (``fastcnn.ops``, ``fastcnn.nn``, ...), so a progra
 import importlib
 
 __version__ = "0.1.0"
-_SUBMODULES = ("ops", "nn", "triton_kernels", "bench")
+_SUBMODULES = ("ops", "nn", "models", "triton_kernels", "bench")
 
 
 def __getattr__(name):
