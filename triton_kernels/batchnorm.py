@@ -97,6 +97,20 @@ def _offsets(n, p, c, sN, sC, sH, sW, W, FLAT: tl.constexpr):
 
 
 @triton.jit
+def _chunk(pid_t, HW, ROWS, CHUNK, TILES_PER_SEG, TILING: tl.constexpr):
+    """(image, first row, end row) of reduction program pid_t's chunk of rows: within
+    one image for the NCHW tiling, over all N*H*W rows otherwise."""
+    if TILING == 1:
+        n_img = pid_t // TILES_PER_SEG
+        start = (pid_t % TILES_PER_SEG).to(tl.int64) * CHUNK
+        end = tl.minimum(start + CHUNK, HW)
+    else:
+        n_img = pid_t * 0
+        start = pid_t.to(tl.int64) * CHUNK
+        end = tl.minimum(start + CHUNK, ROWS)
+    return n_img, start, end
+
+
 def _load_channel(ptr, c, cmask):
     """A [1, BLOCK_C] tile of a contiguous per-channel (C,) vector."""
     return tl.load(ptr + c, mask=cmask, other=0.0)[None, :]
@@ -154,14 +168,7 @@ def _stats_kernel(
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     ct = psum_ptr.dtype.element_ty
-    if TILING == 1:
-        n_img = pid_t // TILES_PER_SEG
-        start = (pid_t % TILES_PER_SEG).to(tl.int64) * CHUNK
-        end = tl.minimum(start + CHUNK, HW)
-    else:
-        n_img = 0
-        start = pid_t.to(tl.int64) * CHUNK
-        end = tl.minimum(start + CHUNK, ROWS)
+    n_img, start, end = _chunk(pid_t, HW, ROWS, CHUNK, TILES_PER_SEG, TILING)
     c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     cmask = c < C
     # Shifting by a value of the data keeps the accumulators O(std) even when
@@ -277,14 +284,7 @@ def _bn_act_bwd_reduce_kernel(
     pid_t = tl.program_id(0)
     pid_c = tl.program_id(1)
     ct = mean_ptr.dtype.element_ty
-    if TILING == 1:
-        n_img = pid_t // TILES_PER_SEG
-        start = (pid_t % TILES_PER_SEG).to(tl.int64) * CHUNK
-        end = tl.minimum(start + CHUNK, HW)
-    else:
-        n_img = 0
-        start = pid_t.to(tl.int64) * CHUNK
-        end = tl.minimum(start + CHUNK, ROWS)
+    n_img, start, end = _chunk(pid_t, HW, ROWS, CHUNK, TILES_PER_SEG, TILING)
     c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
     cmask = c < C
     mean = _load_channel(mean_ptr, c, cmask)
