@@ -1,8 +1,11 @@
 """Helpers shared by the tests (and imported by the benchmarks): devices, dtypes,
 layouts, tolerances against a float64 reference."""
+from collections import namedtuple
+
 import torch
 
 from fastcnn.triton_kernels._common import interpret_mode
+from fastcnn.triton_kernels.conv2d import conv_output_shape
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -59,5 +62,26 @@ def expanded_grad(shape, dtype, device=DEVICE):
     return torch.ones((), dtype=dtype, device=device).expand(shape)
 
 
-__all__ = ["DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
+class Conv(namedtuple("Conv", "n c h w k groups r s stride padding dilation")):
+    """A convolution geometry for the kernel tests; stride/padding/dilation are pairs."""
+
+    @property
+    def input_shape(self):
+        return (self.n, self.c, self.h, self.w)
+
+    @property
+    def weight_shape(self):
+        return (self.k, self.c // self.groups, self.r, self.s)
+
+    @property
+    def out_shape(self):
+        return conv_output_shape(self.input_shape, self.weight_shape, self.stride, self.padding, self.dilation)
+
+    @property
+    def args(self):
+        """(stride, padding, dilation, groups) as the launchers take them."""
+        return list(self.stride), list(self.padding), list(self.dilation), self.groups
+
+
+__all__ = ["Conv", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
            "make_input", "expanded_grad", "interpret_mode"]

@@ -2,17 +2,12 @@
 through the conv2d front with family="grouped" and checked against the float64
 reference. Shapes are tiny: on a machine without a GPU the kernels run under
 Triton's interpreter. bf16 is tested there too: this family has no tl.dot."""
-from collections import namedtuple
-
 import pytest
 import torch
 
 from fastcnn.triton_kernels import conv2d_grouped, reference
-from fastcnn.triton_kernels.conv2d import (conv2d_forward, conv2d_input_grad, conv2d_weight_grad,
-                                           conv_output_shape)
-from helpers import DEVICE, assert_close, expanded_grad, make_input
-
-Conv = namedtuple("Conv", "n c h w k groups r s stride padding dilation")
+from fastcnn.triton_kernels.conv2d import conv2d_forward, conv2d_input_grad, conv2d_weight_grad
+from helpers import DEVICE, Conv, assert_close, expanded_grad, make_input
 
 # Named geometries; each test below pairs some of them with a dtype, a layout and
 # options instead of taking the full Cartesian product.
@@ -41,16 +36,10 @@ GEOMETRIES = {
 }
 
 
-def conv_args(g):
-    return list(g.stride), list(g.padding), list(g.dilation), g.groups
-
-
-def out_shape(g):
-    return conv_output_shape((g.n, g.c, g.h, g.w), (g.k, g.c // g.groups, g.r, g.s), g.stride, g.padding, g.dilation)
 
 
 def make_weight(g, dtype, layout="nchw"):
-    return make_input((g.k, g.c // g.groups, g.r, g.s), dtype, layout)
+    return make_input(g.weight_shape, dtype, layout)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -77,10 +66,10 @@ def test_forward(geom, dtype, layout, bias, residual, activation):
     w = make_weight(g, dtype)
     b = make_input((g.k,), dtype) if bias else None
     # The residual in another layout than x: the front and kernel take any strides.
-    res = make_input(out_shape(g), dtype, "nhwc" if layout != "nhwc" else "noncontig") if residual else None
-    y = conv2d_forward(x, w, b, res, *conv_args(g), activation=activation, family="grouped")
+    res = make_input(g.out_shape, dtype, "nhwc" if layout != "nhwc" else "noncontig") if residual else None
+    y = conv2d_forward(x, w, b, res, *g.args, activation=activation, family="grouped")
     ref = reference.conv2d_forward(x.double(), w.double(), None if b is None else b.double(),
-                                   None if res is None else res.double(), *conv_args(g), activation)
+                                   None if res is None else res.double(), *g.args, activation)
     assert y.dtype == dtype
     # Output layout follows the input's: channels_last for NHWC x, NCHW otherwise.
     assert y.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
@@ -99,9 +88,9 @@ def test_forward_stats(geom, dtype, layout, offset):
     x = make_input((g.n, g.c, g.h, g.w), dtype, layout)
     w = make_weight(g, dtype)
     b = (make_input((g.k,), dtype) + offset).to(dtype)
-    res = make_input(out_shape(g), dtype, "nhwc")
-    y, (mean, var) = conv2d_forward(x, w, b, res, *conv_args(g), stats=True, family="grouped")
-    ref = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *conv_args(g))
+    res = make_input(g.out_shape, dtype, "nhwc")
+    y, (mean, var) = conv2d_forward(x, w, b, res, *g.args, stats=True, family="grouped")
+    ref = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *g.args)
     assert y.shape[0] * y.shape[2] * y.shape[3] > 32, "needs several pixel tiles to test their combination"
     assert_close(y, ref, dtype, what="stats output")
     # The statistics are of the fp32 values before rounding to y's dtype: fp32
@@ -120,9 +109,9 @@ def test_forward_stats(geom, dtype, layout, offset):
 def test_forward_stats_empty():
     g = GEOMETRIES["batch0"]
     x = make_input((g.n, g.c, g.h, g.w))
-    y, (mean, var) = conv2d_forward(x, make_weight(g, torch.float32), None, None, *conv_args(g),
+    y, (mean, var) = conv2d_forward(x, make_weight(g, torch.float32), None, None, *g.args,
                                     stats=True, family="grouped")
-    assert y.shape == out_shape(g) and mean.isnan().all() and var.isnan().all()
+    assert y.shape == g.out_shape and mean.isnan().all() and var.isnan().all()
 
 
 # ----------------------------------------------------------------------------- input gradient
@@ -149,12 +138,12 @@ def test_forward_stats_empty():
 def test_input_grad(geom, dtype, layout):
     g = GEOMETRIES[geom]
     if layout == "expanded":
-        dy = expanded_grad(out_shape(g), dtype)
+        dy = expanded_grad(g.out_shape, dtype)
     else:
-        dy = make_input(out_shape(g), dtype, layout)
+        dy = make_input(g.out_shape, dtype, layout)
     w = make_weight(g, dtype, "noncontig")
-    dx = conv2d_input_grad(dy, w, (g.n, g.c, g.h, g.w), *conv_args(g), family="grouped")
-    ref = reference.conv2d_input_grad(dy.double(), w.double(), (g.n, g.c, g.h, g.w), *conv_args(g))
+    dx = conv2d_input_grad(dy, w, (g.n, g.c, g.h, g.w), *g.args, family="grouped")
+    ref = reference.conv2d_input_grad(dy.double(), w.double(), (g.n, g.c, g.h, g.w), *g.args)
     assert dx.dtype == dtype
     assert dx.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
     assert_close(dx, ref, dtype, what=f"input_grad {geom}")
@@ -166,12 +155,12 @@ def test_input_grad_writes_every_pixel(geom):
     as zeros, not left as they were: the family is called directly on a NaN-filled
     dx, in NCHW and channels_last."""
     g = GEOMETRIES[geom]
-    dy = make_input(out_shape(g), layout="nhwc")
+    dy = make_input(g.out_shape, layout="nhwc")
     w = make_weight(g, torch.float32, "nhwc")
-    ref = reference.conv2d_input_grad(dy.double(), w.double(), (g.n, g.c, g.h, g.w), *conv_args(g))
+    ref = reference.conv2d_input_grad(dy.double(), w.double(), (g.n, g.c, g.h, g.w), *g.args)
     for memory_format in (torch.contiguous_format, torch.channels_last):
         dx = torch.full((g.n, g.c, g.h, g.w), float("nan"), device=DEVICE).contiguous(memory_format=memory_format)
-        conv2d_grouped.input_grad(dy, w, dx, *conv_args(g))
+        conv2d_grouped.input_grad(dy, w, dx, *g.args)
         assert_close(dx, ref, what=f"input_grad {geom} {memory_format}")
 
 
@@ -201,14 +190,14 @@ def test_weight_grad(geom, dtype, layout, split_pixels, monkeypatch):
         # Many splits, whose ends fall inside a 32-pixel interpreter tile.
         monkeypatch.setattr(conv2d_grouped, "SPLIT_PIXELS", split_pixels)
     if layout == "expanded":
-        dy = expanded_grad(out_shape(g), dtype)
+        dy = expanded_grad(g.out_shape, dtype)
         x = make_input((g.n, g.c, g.h, g.w), dtype, "nhwc")
     else:
-        dy = make_input(out_shape(g), dtype, layout)
+        dy = make_input(g.out_shape, dtype, layout)
         x = make_input((g.n, g.c, g.h, g.w), dtype, "nhwc" if layout != "nhwc" else "noncontig")
     weight_shape = (g.k, g.c // g.groups, g.r, g.s)
-    dw = conv2d_weight_grad(dy, x, weight_shape, *conv_args(g), family="grouped")
-    ref = reference.conv2d_weight_grad(dy.double(), x.double(), weight_shape, *conv_args(g))
+    dw = conv2d_weight_grad(dy, x, weight_shape, *g.args, family="grouped")
+    ref = reference.conv2d_weight_grad(dy.double(), x.double(), weight_shape, *g.args)
     assert dw.dtype == dtype and dw.is_contiguous()
     assert_close(dw, ref, dtype, what=f"weight_grad {geom}")
 
@@ -218,11 +207,11 @@ def test_weight_grad_deterministic(monkeypatch):
     result is bitwise reproducible."""
     monkeypatch.setattr(conv2d_grouped, "SPLIT_PIXELS", 40)
     g = GEOMETRIES["g4_cg4"]
-    dy = make_input(out_shape(g))
+    dy = make_input(g.out_shape)
     x = make_input((g.n, g.c, g.h, g.w))
     weight_shape = (g.k, g.c // g.groups, g.r, g.s)
-    first = conv2d_weight_grad(dy, x, weight_shape, *conv_args(g), family="grouped")
-    assert torch.equal(first, conv2d_weight_grad(dy, x, weight_shape, *conv_args(g), family="grouped"))
+    first = conv2d_weight_grad(dy, x, weight_shape, *g.args, family="grouped")
+    assert torch.equal(first, conv2d_weight_grad(dy, x, weight_shape, *g.args, family="grouped"))
 
 
 def test_split_chunk_covers_pixels():

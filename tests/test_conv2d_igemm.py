@@ -3,17 +3,12 @@ through the conv2d front with family="igemm" and checked against the float64
 reference. Shapes are tiny: on a machine without a GPU the kernels run under
 Triton's interpreter (one 32x32x16 tile config), so channel counts of 17-40 already
 give partial tiles and several channel blocks."""
-from collections import namedtuple
-
 import pytest
 import torch
 
 from fastcnn.triton_kernels import conv2d_igemm, reference
-from fastcnn.triton_kernels.conv2d import (conv2d_forward, conv2d_input_grad, conv2d_weight_grad,
-                                           conv_output_shape)
-from helpers import DEVICE, assert_close, expanded_grad, make_input
-
-Conv = namedtuple("Conv", "n c h w k groups r s stride padding dilation")
+from fastcnn.triton_kernels.conv2d import conv2d_forward, conv2d_input_grad, conv2d_weight_grad
+from helpers import DEVICE, Conv, assert_close, expanded_grad, make_input
 
 # Named geometries (>= 16 output channels per group, this family's domain); each
 # test pairs some of them with a dtype, a layout and options rather than taking the
@@ -45,20 +40,8 @@ GEOMETRIES = {
 GPU = pytest.mark.gpu  # bf16 tl.dot is garbage under the interpreter
 
 
-def conv_args(g):
-    return list(g.stride), list(g.padding), list(g.dilation), g.groups
 
 
-def input_shape(g):
-    return (g.n, g.c, g.h, g.w)
-
-
-def weight_shape(g):
-    return (g.k, g.c // g.groups, g.r, g.s)
-
-
-def out_shape(g):
-    return conv_output_shape(input_shape(g), weight_shape(g), g.stride, g.padding, g.dilation)
 
 
 def other_layout(layout):
@@ -94,14 +77,14 @@ def expected_format(layout):
 ])
 def test_forward(geom, dtype, layout, bias, residual, activation):
     g = GEOMETRIES[geom]
-    x = make_input(input_shape(g), dtype, layout)
-    w = make_input(weight_shape(g), dtype, "noncontig")
+    x = make_input(g.input_shape, dtype, layout)
+    w = make_input(g.weight_shape, dtype, "noncontig")
     b = make_input((g.k,), dtype) if bias else None
     # The residual in another layout than x: the kernel takes any strides.
-    res = make_input(out_shape(g), dtype, other_layout(layout)) if residual else None
-    y = conv2d_forward(x, w, b, res, *conv_args(g), activation=activation, family="igemm")
+    res = make_input(g.out_shape, dtype, other_layout(layout)) if residual else None
+    y = conv2d_forward(x, w, b, res, *g.args, activation=activation, family="igemm")
     ref = reference.conv2d_forward(x.double(), w.double(), None if b is None else b.double(),
-                                   None if res is None else res.double(), *conv_args(g), activation)
+                                   None if res is None else res.double(), *g.args, activation)
     assert y.dtype == dtype
     assert y.is_contiguous(memory_format=expected_format(layout))
     assert_close(y, ref, dtype, what=f"forward {geom}")
@@ -116,12 +99,12 @@ def test_forward(geom, dtype, layout, bias, residual, activation):
 ])
 def test_forward_stats(geom, dtype, layout, offset):
     g = GEOMETRIES[geom]
-    x = make_input(input_shape(g), dtype, layout)
-    w = make_input(weight_shape(g), dtype)
+    x = make_input(g.input_shape, dtype, layout)
+    w = make_input(g.weight_shape, dtype)
     b = (make_input((g.k,), dtype) + offset).to(dtype)
-    res = make_input(out_shape(g), dtype, "nhwc")
-    y, (mean, var) = conv2d_forward(x, w, b, res, *conv_args(g), stats=True, family="igemm")
-    ref = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *conv_args(g))
+    res = make_input(g.out_shape, dtype, "nhwc")
+    y, (mean, var) = conv2d_forward(x, w, b, res, *g.args, stats=True, family="igemm")
+    ref = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *g.args)
     pixels = y.shape[0] * y.shape[2] * y.shape[3]
     assert pixels > 32 and pixels % 32, "needs several pixel tiles, the last one partial"
     assert_close(y, ref, dtype, what="stats output")
@@ -142,10 +125,10 @@ def test_forward_stats_partials():
     """The family's raw per-tile partials: counts cover every pixel once, and each
     tile's sum and M2 are those of its own rows of y."""
     g = GEOMETRIES["3x3_s2"]
-    x = make_input(input_shape(g)).contiguous(memory_format=torch.channels_last)
-    w = make_input(weight_shape(g)).contiguous(memory_format=torch.channels_last)
-    y = torch.empty(out_shape(g), device=DEVICE)
-    psum, pm2, count = conv2d_igemm.forward(x, w, None, None, y, *conv_args(g), 0, True)
+    x = make_input(g.input_shape).contiguous(memory_format=torch.channels_last)
+    w = make_input(g.weight_shape).contiguous(memory_format=torch.channels_last)
+    y = torch.empty(g.out_shape, device=DEVICE)
+    psum, pm2, count = conv2d_igemm.forward(x, w, None, None, y, *g.args, 0, True)
     rows = y.permute(0, 2, 3, 1).reshape(-1, g.k).double()  # GEMM rows: pixels in (n, p, q) order
     assert count.sum().item() == rows.shape[0] and psum.shape == pm2.shape == (count.numel(), g.k)
     start = 0
@@ -158,9 +141,9 @@ def test_forward_stats_partials():
 
 def test_forward_stats_empty():
     g = GEOMETRIES["batch0"]
-    y, (mean, var) = conv2d_forward(make_input(input_shape(g)), make_input(weight_shape(g)), None, None,
-                                    *conv_args(g), stats=True, family="igemm")
-    assert y.shape == out_shape(g) and mean.isnan().all() and var.isnan().all()
+    y, (mean, var) = conv2d_forward(make_input(g.input_shape), make_input(g.weight_shape), None, None,
+                                    *g.args, stats=True, family="igemm")
+    assert y.shape == g.out_shape and mean.isnan().all() and var.isnan().all()
 
 
 # ----------------------------------------------------------------------------- input gradient
@@ -189,12 +172,12 @@ def test_forward_stats_empty():
 def test_input_grad(geom, dtype, layout):
     g = GEOMETRIES[geom]
     if layout == "expanded":
-        dy = expanded_grad(out_shape(g), dtype)
+        dy = expanded_grad(g.out_shape, dtype)
     else:
-        dy = make_input(out_shape(g), dtype, layout)
-    w = make_input(weight_shape(g), dtype, "noncontig")
-    dx = conv2d_input_grad(dy, w, input_shape(g), *conv_args(g), family="igemm")
-    ref = reference.conv2d_input_grad(dy.double(), w.double(), input_shape(g), *conv_args(g))
+        dy = make_input(g.out_shape, dtype, layout)
+    w = make_input(g.weight_shape, dtype, "noncontig")
+    dx = conv2d_input_grad(dy, w, g.input_shape, *g.args, family="igemm")
+    ref = reference.conv2d_input_grad(dy.double(), w.double(), g.input_shape, *g.args)
     assert dx.dtype == dtype
     assert dx.is_contiguous(memory_format=expected_format(layout))
     assert_close(dx, ref, dtype, what=f"input_grad {geom}")
@@ -247,13 +230,13 @@ def test_weight_grad(geom, dtype, layout, split_align, monkeypatch):
         choose = conv2d_igemm._weight_grad_split
         monkeypatch.setattr(conv2d_igemm, "_weight_grad_split", lambda *a: splits.append(choose(*a)) or splits[-1])
     if layout == "expanded":
-        dy = expanded_grad(out_shape(g), dtype)
-        x = make_input(input_shape(g), dtype, "nhwc")
+        dy = expanded_grad(g.out_shape, dtype)
+        x = make_input(g.input_shape, dtype, "nhwc")
     else:
-        dy = make_input(out_shape(g), dtype, layout)
-        x = make_input(input_shape(g), dtype, other_layout(layout))
-    dw = conv2d_weight_grad(dy, x, weight_shape(g), *conv_args(g), family="igemm")
-    ref = reference.conv2d_weight_grad(dy.double(), x.double(), weight_shape(g), *conv_args(g))
+        dy = make_input(g.out_shape, dtype, layout)
+        x = make_input(g.input_shape, dtype, other_layout(layout))
+    dw = conv2d_weight_grad(dy, x, g.weight_shape, *g.args, family="igemm")
+    ref = reference.conv2d_weight_grad(dy.double(), x.double(), g.weight_shape, *g.args)
     assert dw.dtype == dtype and dw.is_contiguous()
     assert_close(dw, ref, dtype, what=f"weight_grad {geom}")
     assert split_align is None or splits[0][0] > 1 and splits[0][1] % 16, "meant to test split ends"
@@ -261,9 +244,9 @@ def test_weight_grad(geom, dtype, layout, split_align, monkeypatch):
 
 def test_weight_grad_batch0():
     g = GEOMETRIES["batch0"]
-    dw = conv2d_weight_grad(make_input(out_shape(g)), make_input(input_shape(g)), weight_shape(g),
-                            *conv_args(g), family="igemm")
-    assert dw.shape == weight_shape(g) and not dw.any()
+    dw = conv2d_weight_grad(make_input(g.out_shape), make_input(g.input_shape), g.weight_shape,
+                            *g.args, family="igemm")
+    assert dw.shape == g.weight_shape and not dw.any()
 
 
 def test_weight_grad_deterministic(monkeypatch):
@@ -272,9 +255,9 @@ def test_weight_grad_deterministic(monkeypatch):
     monkeypatch.setattr(conv2d_igemm, "MIN_SPLIT_PIXELS", 27)
     monkeypatch.setattr(conv2d_igemm, "SPLIT_ALIGN", 27)
     g = GEOMETRIES["g4_cg4_flat"]
-    dy, x = make_input(out_shape(g)), make_input(input_shape(g))
-    first = conv2d_weight_grad(dy, x, weight_shape(g), *conv_args(g), family="igemm")
-    assert torch.equal(first, conv2d_weight_grad(dy, x, weight_shape(g), *conv_args(g), family="igemm"))
+    dy, x = make_input(g.out_shape), make_input(g.input_shape)
+    first = conv2d_weight_grad(dy, x, g.weight_shape, *g.args, family="igemm")
+    assert torch.equal(first, conv2d_weight_grad(dy, x, g.weight_shape, *g.args, family="igemm"))
 
 
 @pytest.mark.parametrize("pixels, out_tiles", [(1, 9), (255, 1), (257, 1), (600, 1), (802_816, 9),
