@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# What one lent GPU session runs, in two device calls of at most 10 minutes each:
+#
+#   bash scripts/gpu_session.sh tests   # build, every test on CUDA, compute-sanitizer
+#   bash scripts/gpu_session.sh bench   # pytest-benchmark suites + fastcnn bench report
+#
+# Everything lands in $OUT (the device tool brings it back); commit the raw results
+# under benchmarks/results/ with the GPU name, versions and date they carry.
+set -u
+stage=${1:?usage: gpu_session.sh tests|bench}
+OUT=${OUT:-/tmp/fastcnn-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+
+{ date -u; nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"; } > "$OUT/env-$stage.txt" 2>&1
+python3 -m pip install --no-deps --no-build-isolation -e . > "$OUT/install-$stage.log" 2>&1 \
+  || { tail -40 "$OUT/install-$stage.log"; exit 1; }
+
+case "$stage" in
+tests)
+  # On a GPU, tests/conftest.py leaves the interpreter off: every test runs the real
+  # kernels on CUDA, and the gpu-marked ones run at real layer sizes.
+  FASTCNN_REQUIRE_EXT=1 timeout 420 python3 -m pytest tests -q -x -p no:cacheprovider \
+    --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+  echo "tests exit $?"; tail -5 "$OUT/tests.log"
+  for tool in memcheck racecheck; do
+    timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      python3 -m pytest tests/test_ext.py -q -m gpu -p no:cacheprovider > "$OUT/sanitizer-$tool.log" 2>&1
+    echo "compute-sanitizer $tool exit $?"; tail -3 "$OUT/sanitizer-$tool.log"
+  done
+  ;;
+bench)
+  timeout 500 python3 -m pytest benchmarks/test_conv2d.py --benchmark-only -p no:cacheprovider \
+    -k "bf16 and 32 and not 128" --benchmark-json="$OUT/conv2d-bf16-b32.json" > "$OUT/bench.log" 2>&1
+  echo "benchmarks exit $?"; tail -5 "$OUT/bench.log"
+  ;;
+*) echo "unknown stage $stage"; exit 2 ;;
+esac
