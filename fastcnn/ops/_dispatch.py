@@ -205,4 +205,33 @@ class OpDispatcher:
         return choice
 
     def __call__(self, algo, *args):
-        return self.backends[self.choose(algo, args)].run(*args)
+        name = self.choose(algo, args)
+        tensors = _tensors(args)
+        if tensors and tensors[0].is_cuda and _nvtx_available():
+            # An NVTX range per call (op, backend that runs, shapes) for Nsight; CPU calls skip it.
+            with torch.cuda.nvtx.range(nvtx_label(self.op, name, args)):
+                return self.backends[name].run(*args)
+        return self.backends[name].run(*args)
+
+
+_NVTX = None
+
+
+def _nvtx_available() -> bool:
+    """Whether this torch build has NVTX (checked once; a build without it raises)."""
+    global _NVTX
+    if _NVTX is None:
+        try:
+            torch.cuda.nvtx.range_push("fastcnn")
+            torch.cuda.nvtx.range_pop()
+            _NVTX = True
+        except Exception:  # noqa: BLE001 - no NVTX: no ranges, nothing else changes
+            _NVTX = False
+    return _NVTX
+
+
+def nvtx_label(op, backend, args) -> str:
+    """'fastcnn.conv2d[triton] (32, 64, 56, 56) (64, 64, 3, 3)': the op, the backend
+    that runs and the shapes of its tensor arguments."""
+    shapes = " ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+    return f"{op}[{backend}] {shapes}"

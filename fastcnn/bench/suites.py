@@ -1,0 +1,235 @@
+"""The built-in suites: conv2d and the fused conv-BN-ReLU (op level) and the model
+zoo (model level). See registry.py for how to add one."""
+import copy
+
+from fastcnn.bench.registry import BenchConfig, Case, Skip, register_suite
+
+ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+OP_CONTENDERS = ("cudnn", "triton", "auto")
+MODEL_CONTENDERS = ("cudnn", "compile", "triton", "auto")
+
+# The model suite's configured list (fastcnn.models names); those not registered are
+# skipped with a note. Aliases cover the spellings a family module may choose.
+MODELS = ["resnet50", "vgg16", "alexnet", "googlenet", "mobilenet_v2", "efficientnet_b0",
+          "resnext50_32x4d", "densenet121", "vit_b_16"]
+QUICK_MODELS = ["resnet50"]
+
+
+def _torch_dtype(name):
+    from fastcnn.bench.conv import DTYPES
+    return DTYPES[name]
+
+
+def _want(config, contenders):
+    return [c for c in contenders if config.contenders is None or c in config.contenders]
+
+
+def conv_bytes(layer, batch, dtype) -> int:
+    """Compulsory DRAM traffic of one forward call: read x and w, write y, once."""
+    p = (layer.h + 2 * layer.padding - layer.r) // layer.stride + 1
+    q = (layer.w + 2 * layer.padding - layer.s) // layer.stride + 1
+    elems = (batch * layer.c * layer.h * layer.w + layer.k * (layer.c // layer.groups) * layer.r * layer.s
+             + batch * layer.k * p * q)
+    return elems * ELEMENT_BYTES[dtype]
+
+
+def _layers(config, default_networks=None):
+    from fastcnn.bench.layers import all_layers
+    layers = all_layers(config.networks or default_networks)
+    return layers[::8] if config.quick else layers
+
+
+def _passes(config):
+    return [False, True] if config.backward else [False]
+
+
+@register_suite("conv2d", kind="op")
+def conv2d_suite(config: BenchConfig):
+    """Every distinct conv layer of the benchmark networks, channels_last."""
+    from fastcnn.bench.conv import conv_fn, layer_inputs, step_fn
+    for dtype in config.dtypes:
+        for batch in config.batches:
+            for layer in _layers(config):
+                for backward in _passes(config):
+                    pass_ = "fwd+bwd" if backward else "fwd"
+
+                    def make(layer=layer, batch=batch, dtype=dtype, backward=backward):
+                        x, w = layer_inputs(layer, batch, _torch_dtype(dtype), config.device, requires_grad=backward)
+                        return {c: (lambda f=step_fn(conv_fn(c, layer), backward): f(x, w))
+                                for c in _want(config, OP_CONTENDERS)}
+
+                    scale = 3 if backward else 1  # dgrad and wgrad each cost a forward
+                    yield Case(suite="conv2d", name=layer.name, group=f"conv2d/{layer.name}/{dtype}/b{batch}/{pass_}",
+                               make=make, flops=layer.flops(batch) * scale,
+                               bytes=conv_bytes(layer, batch, dtype) * scale, dtype=dtype, batch=batch,
+                               pass_=pass_, meta={"layer": layer.__dict__.copy()})
+
+
+@register_suite("conv_bn_relu", kind="op")
+def conv_bn_relu_suite(config: BenchConfig):
+    """Training step of conv -> BN -> ReLU on ResNet-50's layers: fused vs eager."""
+    from fastcnn.bench.layers import RESNET50
+    layers = [l for l in RESNET50 if l.groups == 1]
+    layers = layers[::6] if config.quick else layers
+    for dtype in config.dtypes:
+        for batch in config.batches:
+            for layer in layers:
+                def make(layer=layer, batch=batch, dtype=dtype):
+                    return conv_bn_relu_callables(layer, batch, dtype, config)
+                yield Case(suite="conv_bn_relu", name=layer.name,
+                           group=f"conv_bn_relu/{layer.name}/{dtype}/b{batch}/train",
+                           make=make, flops=layer.flops(batch) * 3,
+                           bytes=conv_bytes(layer, batch, dtype) * 3, dtype=dtype, batch=batch, pass_="train",
+                           meta={"layer": layer.__dict__.copy(), "autocast": dtype != "fp32"})
+
+
+def conv_bn_relu_callables(layer, batch, dtype, config):
+    """One training step (forward + backward) of conv -> BN -> ReLU, under autocast for
+    bf16/fp16 as a mixed-precision run has it; eager ATen modules as 'cudnn'."""
+    import torch
+    import fastcnn.nn as fnn
+    from fastcnn.bench.conv import layer_inputs
+    x, _ = layer_inputs(layer, batch, torch.float32, config.device, requires_grad=True)
+    autocast = dtype != "fp32"
+    out = {}
+    for c in _want(config, OP_CONTENDERS):
+        if c == "cudnn":
+            block = torch.nn.Sequential(
+                torch.nn.Conv2d(layer.c, layer.k, layer.r, layer.stride, layer.padding, groups=layer.groups,
+                                bias=False),
+                torch.nn.BatchNorm2d(layer.k), torch.nn.ReLU(inplace=True))
+        else:
+            block = fnn.ConvBNReLU(layer.c, layer.k, layer.r, layer.stride, layer.padding, groups=layer.groups,
+                                   algo=c)
+        block = block.to(config.device).to(memory_format=torch.channels_last)
+
+        def step(block=block):
+            with torch.autocast(config.device, dtype=_torch_dtype(dtype), enabled=autocast):
+                y = block(x)
+            y.backward(torch.ones_like(y))
+        out[c] = step
+    return out
+
+
+def _norm(name):
+    return name.lower().replace("-", "").replace("_", "").replace("/", "")
+
+
+def resolve_model(name, registered):
+    """The registered name for a configured one (``vit_b_16`` matches ``vit_b16``...)."""
+    if name in registered:
+        return name
+    hits = [r for r in registered if _norm(r) == _norm(name)]
+    return hits[0] if hits else None
+
+
+def set_algo(model, algo):
+    """Point every fastcnn module of ``model`` at one backend."""
+    for m in model.modules():
+        if hasattr(m, "algo"):
+            m.algo = algo
+    return model
+
+
+def count_flops(model, x) -> int:
+    """2 * multiply-adds of the Conv2d and Linear layers of one forward pass (attention's
+    matmuls and elementwise work are not counted). A fused module that holds a ``conv``
+    child but does not call it (fastcnn.nn.ConvBNAct) is counted through its own output."""
+    import torch
+    total = [0]
+    fired = set()
+
+    def conv_macs(conv, out):
+        return out.numel() * conv.kernel_size[0] * conv.kernel_size[1] * (conv.in_channels // conv.groups)
+
+    def conv_hook(m, inp, out):
+        fired.add(id(m))
+        total[0] += 2 * conv_macs(m, out)
+
+    def linear_hook(m, inp, out):
+        total[0] += 2 * out.numel() * m.in_features
+
+    def fused_pre_hook(m, inp):
+        fired.discard(id(m.conv))
+
+    def fused_hook(m, inp, out):
+        if id(m.conv) not in fired and isinstance(out, torch.Tensor):
+            total[0] += 2 * conv_macs(m.conv, out)
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, torch.nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+        elif isinstance(getattr(m, "conv", None), torch.nn.Conv2d):
+            handles.append(m.register_forward_pre_hook(fused_pre_hook))
+            handles.append(m.register_forward_hook(fused_hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+@register_suite("models", kind="model")
+def model_suite(config: BenchConfig):
+    """The zoo: inference (bf16, channels_last) and an AMP training step, images/s."""
+    import fastcnn.models
+    registered = fastcnn.models.list_models()
+    names = config.models or (QUICK_MODELS if config.quick else MODELS)
+    batches = config.model_batches or config.batches
+    for name in names:
+        found = resolve_model(name, registered)
+        if found is None:
+            yield Skip("models", name, "not registered in fastcnn.models yet")
+            continue
+        for batch in batches:
+            for pass_ in ("infer", "train"):
+                case = Case(suite="models", name=found, group=f"models/{found}/b{batch}/{pass_}",
+                            make=None, items=batch, dtype="bf16" if pass_ == "infer" else "amp-bf16",
+                            batch=batch, pass_=pass_)
+                case.make = (lambda case=case: model_callables(case, config))
+                yield case
+
+
+def model_callables(case, config):
+    """{contender: step}: fastcnn with algo set per backend, the same architecture in
+    plain PyTorch (algo='cudnn', i.e. ATen), and that under torch.compile. Sets
+    ``case.flops`` from the model's layers."""
+    import torch
+    import fastcnn.models
+    device = config.device
+    train = case.pass_ == "train"
+    base = fastcnn.models.create(case.name)
+    base = base.to(device).to(memory_format=torch.channels_last)
+    if not train:
+        base = base.to(torch.bfloat16)
+    base.train(train)
+    x = torch.randn(case.batch, 3, 224, 224, device=device, dtype=torch.float32 if train else torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    flops = count_flops(set_algo(copy.deepcopy(base), "cudnn").eval(), x[:1].clone()) * case.batch
+    case.flops = flops * (3 if train else 1)
+    labels = torch.randint(0, 1000, (case.batch,), device=device)
+    steps = {}
+    for c in _want(config, MODEL_CONTENDERS):
+        model = set_algo(copy.deepcopy(base), "cudnn" if c == "compile" else c)
+        run = torch.compile(model) if c == "compile" else model
+        if train:
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+            def step(run=run, opt=opt):
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device, dtype=torch.bfloat16):
+                    loss = torch.nn.functional.cross_entropy(run(x).float(), labels)
+                loss.backward()
+                opt.step()
+        else:
+            def step(run=run):
+                with torch.inference_mode():
+                    run(x)
+        steps[c] = step
+    return steps
+

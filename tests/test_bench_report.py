@@ -1,0 +1,361 @@
+"""fastcnn bench's report on recorded sample data (tests/data/, synthetic numbers in
+the real schema): the JSON schema, derived figures, Markdown, compare, charts, the
+suite registry and the runner (with a fake timer on the CPU), and the Nsight output
+parsers. Nothing here times anything."""
+import io
+import json
+import math
+import os
+
+import pytest
+
+from fastcnn.bench import peaks
+from fastcnn.bench import report as rep
+from fastcnn.bench import runner
+from fastcnn.bench.registry import SUITES, BenchConfig, Case, Skip, cases, register_suite
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+NEW = os.path.join(DATA, "bench_report_new.json")
+OLD = os.path.join(DATA, "bench_report_old.json")
+
+
+def _new():
+    return rep.derive(rep.load(NEW))
+
+
+def test_samples_follow_the_schema():
+    for path in (NEW, OLD):
+        report = rep.load(path)
+        assert report["schema"] == rep.SCHEMA
+        assert report["environment"]["gpu"] == "NVIDIA H100 80GB HBM3"
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: r.update(schema="other/9"), "schema must be"),
+    (lambda r: r.pop("skipped"), "missing key 'skipped'"),
+    (lambda r: r["environment"].pop("gpu"), "environment lacks 'gpu'"),
+    (lambda r: r["results"][0].pop("flops"), "lacks 'flops'"),
+    (lambda r: r["results"][0]["timings"]["cudnn"].update(ms=-1.0), "timings['cudnn'].ms"),
+    (lambda r: r["results"][0]["timings"]["cudnn"].update(raw_ms=[]), "raw_ms"),
+    (lambda r: r["skipped"].append({"name": "x"}), "skipped[1]"),
+])
+def test_schema_rejects_broken_reports(breakage, message):
+    report = json.load(open(NEW))
+    breakage(report)
+    with pytest.raises(rep.SchemaError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        rep.validate(report)
+
+
+def test_derived_figures():
+    report = _new()
+    r = next(r for r in report["results"] if r["key"] == "conv2d|conv2d/vgg16.conv2_2/bf16/b32/fwd")
+    ms = r["timings"]["triton"]["ms"]
+    d = r["derived"]["triton"]
+    assert d["tflops"] == pytest.approx(r["flops"] / ms / 1e9)
+    assert d["gbps"] == pytest.approx(r["bytes"] / ms / 1e6)
+    assert d["speedup"] == pytest.approx(r["timings"]["cudnn"]["ms"] / ms)
+    assert r["derived"]["cudnn"]["speedup"] == pytest.approx(1.0)
+    # VGG's 3x3 at 128 channels is compute-bound on an H100: % of 989 TFLOP/s
+    assert d["bound"] == "compute" and d["pct_peak"] == pytest.approx(100 * d["tflops"] / 989.0)
+    # fp32 runs at the TF32 rate (cuDNN's default flag)
+    r32 = next(r for r in report["results"] if r["key"] == "conv2d|conv2d/vgg16.conv2_2/fp32/b32/fwd")
+    assert r32["derived"]["cudnn"]["peak_tflops"] == 494.0
+    # a 1x1 conv is memory-bound: % of 3.35 TB/s
+    r1 = next(r for r in report["results"] if r["name"] == "resnet50.layer1.1.conv1" and r["dtype"] == "bf16")
+    d1 = r1["derived"]["auto"]
+    assert d1["bound"] == "memory" and d1["pct_peak"] == pytest.approx(d1["gbps"] / 3350 * 100)
+    # models: images/s
+    m = next(r for r in report["results"] if r["key"] == "models|models/resnet50/b128/infer")
+    assert m["derived"]["compile"]["images_per_s"] == pytest.approx(128 / 11.9 * 1e3)
+    # an errored contender has no derived figures
+    fused = next(r for r in report["results"] if r["suite"] == "conv_bn_relu")
+    assert "auto" not in fused["derived"] and "triton" in fused["derived"]
+
+
+def test_geometric_means():
+    report = _new()
+    rows = [r for r in report["results"] if r["suite"] == "conv2d"]
+    speedups = [r["timings"]["cudnn"]["ms"] / r["timings"]["triton"]["ms"] for r in rows]
+    expected = math.exp(sum(map(math.log, speedups)) / len(speedups))
+    assert report["summary"]["conv2d"]["triton"]["geomean_speedup"] == pytest.approx(expected)
+    assert report["summary"]["conv2d"]["triton"]["cases"] == len(rows)
+    assert rep.geomean([2.0, 8.0]) == pytest.approx(4.0)
+    assert rep.geomean([None, 0.0]) is None
+
+
+def test_peak_table():
+    assert peaks.peak_for("NVIDIA H100 80GB HBM3")[1]["dram_tbs"] == 3.35
+    assert peaks.peak_for("NVIDIA H200")[1] == {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0,
+                                                "dram_tbs": 4.8}
+    assert peaks.peak_for("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+    assert peaks.peak_for("Some Future GPU") == (None, None)
+    assert peaks.compute_dtype("fp32", tf32=False) == "fp32"
+
+
+def test_unknown_gpu_has_no_percent_of_peak():
+    report = json.load(open(NEW))
+    report["environment"]["gpu"] = "Some Future GPU"
+    report = rep.derive(report)
+    assert all("pct_peak" not in d for r in report["results"] for d in r["derived"].values())
+    assert "not in fastcnn/bench/peaks.py" in rep.to_markdown(report)
+
+
+def test_markdown_table():
+    md = rep.to_markdown(_new())
+    assert "GPU: **NVIDIA H100 80GB HBM3** (SM clock 1980 MHz of 1980)" in md
+    assert "datasheet rates are leads" in md
+    for heading in ("## conv2d", "## conv_bn_relu", "## models", "## Skipped"):
+        assert heading in md
+    assert "| case | dtype | batch | pass | cudnn ms | cudnn TFLOP/s | cudnn % peak | triton ms |" in md
+    assert "compile img/s" in md
+    assert "Geometric-mean speedup over cudnn: triton x" in md
+    assert "models: vit_b_16: not registered" in md
+    assert "auto: RuntimeError: CUDA out of memory" in md
+    table = [line for line in md.splitlines() if line.startswith("| resnet50.conv1 | bf16")]
+    assert len(table) == 1 and table[0].count("|") == 16
+
+
+def test_compare_finds_the_regression_and_the_improvement():
+    result = rep.compare(rep.load(OLD), rep.load(NEW), threshold=0.05)
+    assert [(r["key"], r["contender"]) for r in result["regressions"]] == [
+        ("conv2d|conv2d/resnet50.conv1/bf16/b32/fwd", "triton")]
+    assert result["regressions"][0]["ratio"] == pytest.approx(1.25, rel=1e-3)
+    assert [(r["key"], r["contender"]) for r in result["improvements"]] == [
+        ("conv2d|conv2d/vgg16.conv2_2/fp32/b32/fwd", "auto")]
+    assert any("conv_bn_relu" in k for k in result["only_new"]) and not result["only_old"]
+    text = rep.format_compare(result)
+    assert "Regressions (more than 5%): 1" in text and "1.250" in text
+    # at a 30 % threshold the 25 % change is no regression
+    assert rep.compare(rep.load(OLD), rep.load(NEW), threshold=0.3)["regressions"] == []
+    # a report against itself: nothing moves
+    same = rep.compare(rep.load(NEW), rep.load(NEW))
+    assert not same["regressions"] and not same["improvements"] and len(same["rows"]) > 20
+
+
+def test_compare_warns_about_different_gpus():
+    old = rep.load(OLD)
+    old["environment"]["gpu"] = "NVIDIA H200"
+    assert "different GPUs" in rep.format_compare(rep.compare(old, rep.load(NEW)))
+
+
+def test_charts_are_pngs(tmp_path):
+    paths = runner.write_report(_new(), str(tmp_path))
+    names = sorted(os.path.basename(p) for p in paths["charts"])
+    assert names == ["roofline-conv2d.png", "roofline-conv_bn_relu.png", "speedup-conv2d.png",
+                     "speedup-conv_bn_relu.png", "speedup-models.png"]
+    for p in paths["charts"]:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(p) > 5000
+    import matplotlib
+    assert matplotlib.get_backend().lower() == "agg"
+    # the JSON written is the derived report, and it still validates
+    written = rep.load(paths["json"])
+    assert written["summary"]["models"]["auto"]["geomean_speedup"] > 1
+    assert open(paths["markdown"]).read().startswith("# fastcnn bench")
+
+
+def test_registry_adds_a_suite_in_a_few_lines():
+    name = "toy_op_for_test"
+
+    @register_suite(name, kind="op")
+    def toy(config):
+        for n in (1, 2):
+            yield Case(suite=name, name=f"toy{n}", group=f"{name}/toy{n}", flops=1e9 * n, bytes=1e6,
+                       make=lambda n=n: {"cudnn": lambda: None, "triton": lambda: None})
+        yield Skip(name, "toy3", "needs a feature")
+    try:
+        with pytest.raises(ValueError, match="registered twice"):
+            register_suite(name)(toy)
+        items = cases(BenchConfig(), [name])
+        assert [getattr(c, "group", None) for c in items] == [f"{name}/toy1", f"{name}/toy2", None]
+        times = {"cudnn": [2.0, 2.2, 2.1], "triton": [1.0, 1.1, 0.9]}
+
+        def timer(fn):
+            return times["cudnn" if fn is timer.fns["cudnn"] else "triton"]
+        original = items[0].make
+
+        def make_and_remember(original=original):
+            timer.fns = original()
+            return timer.fns
+        items[0].make = make_and_remember
+        items[1].make = make_and_remember
+        report = runner.run_cases(BenchConfig(device="cpu"), items, timer, runner.Progress(2, io.StringIO()))
+        assert report["skipped"] == [{"suite": name, "name": "toy3", "reason": "needs a feature"}]
+        r = report["results"][0]
+        assert r["timings"]["cudnn"] == {"ms": 2.1, "raw_ms": [2.0, 2.2, 2.1]}
+        assert r["key"] == f"{name}|{name}/toy1"
+        with pytest.raises(ValueError, match="unknown suite"):
+            cases(BenchConfig(), ["no_such_suite"])
+    finally:
+        SUITES.pop(name)
+
+
+def test_runner_records_errors_and_goes_on():
+    def boom():
+        raise RuntimeError("kernel exploded\nsecond line")
+    items = [Case(suite="s", name="a", group="s/a", make=lambda: {"cudnn": lambda: None, "triton": boom}),
+             Case(suite="s", name="b", group="s/b", make=lambda: 1 / 0)]
+
+    def timer(fn):
+        fn()
+        return [1.0]
+    stream = io.StringIO()
+    report = runner.run_cases(BenchConfig(device="cpu"), items, timer, runner.Progress(2, stream))
+    a, b = report["results"]
+    assert a["timings"]["triton"] == {"error": "RuntimeError: kernel exploded"}
+    assert a["timings"]["cudnn"]["ms"] == 1.0
+    assert b["timings"] == {"setup": {"error": "ZeroDivisionError: division by zero"}}
+    assert "2/2" in stream.getvalue()
+
+
+def test_runner_end_to_end_on_cpu_with_a_fake_timer(tmp_path, monkeypatch):
+    """The real suites (conv2d on a tiny layer, the model zoo) build and run their
+    callables on the CPU (Triton interpreter / reference backend); only the timer is fake."""
+    import fastcnn.models
+    from fastcnn.bench.layers import NETWORKS, ConvLayer
+    monkeypatch.setitem(NETWORKS, "tiny", [ConvLayer("tiny.conv", 4, 8, 8, 16, 3, 3, 1, 1)])
+    model = next((m for m in ("alexnet", "resnet50") if m in fastcnn.models.list_models()), None)
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(fn)
+        return [1.0, 1.5, 2.0]
+    env = {"gpu": None, "torch": "t", "triton": "t", "cuda_runtime": None, "date": "d"}
+    cfg = BenchConfig(networks=["tiny"], dtypes=("fp32",), batches=(2,), device="cpu", backward=True)
+    ops = runner.run(cfg, op_suites=["conv2d"], model_suites=[], timer=timer,
+                     progress=runner.Progress(2, io.StringIO()), env=env)
+    assert [r["group"] for r in ops["results"]] == ["conv2d/tiny.conv/fp32/b2/fwd", "conv2d/tiny.conv/fp32/b2/fwd+bwd"]
+    assert ops["results"][1]["flops"] == 3 * ops["results"][0]["flops"] == 3 * 2 * 2 * 16 * 64 * 4 * 9
+    assert ops["summary"]["conv2d"]["triton"]["geomean_speedup"] == pytest.approx(1.0)
+    assert len(calls) == 6  # cudnn, triton, auto per case
+    cfg = BenchConfig(batches=(1,), device="cpu", contenders=["cudnn"],
+                      models=[m for m in (model, "no_such_model") if m])
+    models = runner.run(cfg, op_suites=[], timer=timer, progress=runner.Progress(2, io.StringIO()), env=env)
+    rep.validate(models)
+    assert models["skipped"] == [{"suite": "models", "name": "no_such_model",
+                                  "reason": "not registered in fastcnn.models yet"}]
+    if model:
+        infer, train = models["results"]
+        assert (infer["group"], train["group"]) == (f"models/{model}/b1/infer", f"models/{model}/b1/train")
+        assert infer["flops"] > 1e8 and infer["items"] == 1 and train["flops"] == pytest.approx(3 * infer["flops"])
+        assert infer["derived"]["cudnn"]["images_per_s"] == pytest.approx(1 / 1.5 * 1e3)
+        assert len(calls) == 8
+    paths = runner.write_report(models if model else ops, str(tmp_path), charts=True)
+    assert os.path.exists(paths["markdown"])
+
+
+def test_model_name_resolution():
+    from fastcnn.bench.suites import resolve_model
+    registered = ["vit_b16", "resnet50", "mobilenetv2"]
+    assert resolve_model("vit_b_16", registered) == "vit_b16"
+    assert resolve_model("mobilenet_v2", registered) == "mobilenetv2"
+    assert resolve_model("resnet50", registered) == "resnet50"
+    assert resolve_model("densenet121", registered) is None
+
+
+def test_ncu_output_is_summarised_per_kernel():
+    from fastcnn.bench.profile import format_kernels, parse_ncu_csv
+    kernels = parse_ncu_csv(open(os.path.join(DATA, "ncu_sample.csv")).read())
+    igemm, grouped = kernels["_conv2d_igemm_fwd_kernel"], kernels["_conv2d_grouped_fwd_kernel"]
+    assert igemm["launches"] == 2 and igemm["time_us"] == pytest.approx(240.0)
+    assert igemm["sm_pct"] == pytest.approx((71.2 * 120.5 + 72.8 * 119.5) / 240.0)
+    assert igemm["dram_gbs"] == pytest.approx((670 * 120.5 + 730 * 119.5) / 240.0)  # Tbyte/s -> GB/s
+    assert grouped["time_us"] == pytest.approx(45.0)  # "45,000" nsecond
+    assert grouped["dram_gbs"] == pytest.approx(2010.5)
+    assert grouped["fp32_gflops"] == pytest.approx((2 * 2e6 + 1000) / 45e3)
+    assert grouped["occupancy_pct"] == pytest.approx(50.0)
+    table = format_kernels(kernels, "ncu", op_flops=2.85e10)
+    assert table.splitlines()[2].startswith("_conv2d_igemm_fwd_kernel")  # slowest first
+    assert "achieved: 100.0 TFLOP/s" in table
+
+
+def test_nsys_output_is_summarised_per_kernel():
+    from fastcnn.bench.profile import format_kernels, parse_nsys_csv
+    kernels = parse_nsys_csv(open(os.path.join(DATA, "nsys_sample.csv")).read())
+    assert kernels["_bn_act_fwd_kernel"] == {"launches": 20, "time_us": 1500.0, "time_pct": 37.5, "avg_us": 75.0}
+    assert "total" in format_kernels(kernels, "nsys")
+
+
+def test_profile_commands():
+    from fastcnn.bench.profile import NCU_METRICS, tool_commands
+    (run, _), (show, capture) = tool_commands("ncu", "/x/ncu", "spec.json", "out/profile", kernels="igemm")
+    assert run[:5] == ["/x/ncu", "--profile-from-start", "off", "--target-processes", "all"]
+    assert ",".join(NCU_METRICS) in run and "regex:igemm" in run
+    assert run[-4:-1] == ["-m", "fastcnn.bench.profile", "--workload"] and run[-1] == "spec.json"
+    assert show == ["/x/ncu", "--import", "out/profile.ncu-rep", "--csv", "--page", "details"] and capture
+    (run, _), (show, _) = tool_commands("nsys", "/x/nsys", "spec.json", "out/profile")
+    assert "--capture-range=cudaProfilerApi" in run and show[-1] == "out/profile.nsys-rep"
+
+
+def test_nvtx_label():
+    import torch
+    from fastcnn.ops._dispatch import nvtx_label
+    label = nvtx_label("fastcnn.conv2d", "triton", (torch.empty(2, 3, 8, 8), torch.empty(4, 3, 3, 3), None, [1, 1]))
+    assert label == "fastcnn.conv2d[triton] (2, 3, 8, 8) (4, 3, 3, 3)"
+
+
+def test_sample_has_every_raw_timing():
+    report = json.load(open(NEW))
+    for r in report["results"]:
+        for t in r["timings"].values():
+            if "ms" in t:
+                assert sorted(t["raw_ms"])[len(t["raw_ms"]) // 2] == pytest.approx(t["ms"])
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event: a recorded event reads a fake GPU clock."""
+    clock = [0.0]
+
+    def __init__(self, enable_timing=False):
+        self.t = None
+
+    def record(self):
+        self.t = self.clock[0]
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return end.t - self.t
+
+
+def test_time_cuda_warms_up_and_times_each_repetition(monkeypatch):
+    import torch
+    from fastcnn.bench import timing
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    calls = []
+
+    def fn():  # each call takes 0.5 ms of "GPU time"
+        calls.append(1)
+        _FakeEvent.clock[0] += 0.5
+    times = timing.time_cuda(fn, warmup_ms=5, rep_ms=10, flush_l2=False)
+    assert times == [0.5] * 20  # rep_ms / estimate repetitions, each bracketed by its own events
+    assert len(calls) == 1 + 3 + 10 + 20  # first call, estimate, warm-up, timed
+    assert len(timing.time_cuda(fn, warmup_ms=0, rep_ms=0.1, min_reps=5, flush_l2=False)) == 5
+
+
+def test_cuda_event_clock_reads_gpu_time(monkeypatch):
+    import torch
+    from fastcnn.bench import timing
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(timing, "_reference", None)
+    start = timing.cuda_event_clock()
+    _FakeEvent.clock[0] += 2.5  # 2.5 ms of kernels
+    assert timing.cuda_event_clock() - start == pytest.approx(2.5e-3)
+
+
+def test_model_flops_count_fused_and_plain_convolutions():
+    import torch
+    import fastcnn.nn as fnn
+    from fastcnn.bench.suites import count_flops
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    fused = torch.nn.Sequential(fnn.ConvBNReLU(3, 8, 3, padding=1, algo="reference"), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    expected = 2 * (2 * 8 * 36 * 27) + 2 * (2 * 10 * 288)
+    assert count_flops(plain, x) == expected
+    assert count_flops(fused, x) == expected
