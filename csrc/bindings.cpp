@@ -11,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -192,6 +193,159 @@ void axpby(std::int64_t n, double alpha, std::uintptr_t x, double beta, std::uin
   check_status("axpby", err);
 }
 
+// ---- lrn.cu
+using Strides = std::vector<std::int64_t>;
+
+void check_lrn_args(const char* op, std::int64_t n, std::int64_t c, std::int64_t h,
+                    std::int64_t w, int size, int dtype,
+                    std::initializer_list<std::pair<const char*, const Strides*>> strides) {
+  if (n < 0 || c < 0 || h < 0 || w < 0) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": sizes must be >= 0");
+  }
+  if (size < 1) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": size must be >= 1, got " +
+                          std::to_string(size));
+  }
+  if (dtype != fastcnn::kFloat32 && dtype != fastcnn::kFloat16 && dtype != fastcnn::kBFloat16 &&
+      dtype != fastcnn::kFloat64) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": unsupported dtype code " +
+                          std::to_string(dtype) + " (expected one of _C.DTYPE_*)");
+  }
+  for (const auto& [name, s] : strides) {
+    if (s->size() != 4) {
+      throw py::value_error(std::string("fastcnn._C.") + op + ": " + name +
+                            " must have 4 strides, got " + std::to_string(s->size()));
+    }
+  }
+}
+
+void lrn_forward(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, int size,
+                 double alpha, double beta, double k, bool within, std::uintptr_t x,
+                 const Strides& x_stride, std::uintptr_t y, const Strides& y_stride,
+                 std::uintptr_t scale, const Strides& scale_stride, int dtype,
+                 std::uintptr_t stream) {
+  check_lrn_args("lrn_forward", n, c, h, w, size, dtype,
+                 {{"x_stride", &x_stride}, {"y_stride", &y_stride}, {"scale_stride", &scale_stride}});
+  if (n * c * h * w > 0 && (x == 0 || y == 0)) {
+    throw py::value_error("fastcnn._C.lrn_forward: x and y must be non-null device pointers");
+  }
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::lrn_forward(n, c, h, w, size, alpha, beta, k, within,
+                               reinterpret_cast<const void*>(x), x_stride.data(),
+                               reinterpret_cast<void*>(y), y_stride.data(),
+                               reinterpret_cast<void*>(scale), scale_stride.data(), dtype,
+                               as_stream(stream));
+  }
+  check_status("lrn_forward", err);
+}
+
+void lrn_backward(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, int size,
+                  double alpha, double beta, double k, bool within, std::uintptr_t dy,
+                  const Strides& dy_stride, std::uintptr_t x, const Strides& x_stride,
+                  std::uintptr_t y, const Strides& y_stride, std::uintptr_t scale,
+                  const Strides& scale_stride, std::uintptr_t dx, const Strides& dx_stride,
+                  int dtype, std::uintptr_t stream) {
+  check_lrn_args("lrn_backward", n, c, h, w, size, dtype,
+                 {{"dy_stride", &dy_stride}, {"x_stride", &x_stride}, {"y_stride", &y_stride},
+                  {"scale_stride", &scale_stride}, {"dx_stride", &dx_stride}});
+  if (n * c * h * w > 0 && (dy == 0 || x == 0 || y == 0 || scale == 0 || dx == 0)) {
+    throw py::value_error(
+        "fastcnn._C.lrn_backward: dy, x, y, scale and dx must be non-null device pointers");
+  }
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::lrn_backward(n, c, h, w, size, alpha, beta, k, within,
+                                reinterpret_cast<const void*>(dy), dy_stride.data(),
+                                reinterpret_cast<const void*>(x), x_stride.data(),
+                                reinterpret_cast<const void*>(y), y_stride.data(),
+                                reinterpret_cast<const void*>(scale), scale_stride.data(),
+                                reinterpret_cast<void*>(dx), dx_stride.data(), dtype,
+                                as_stream(stream));
+  }
+  check_status("lrn_backward", err);
+}
+
+// ---- depthwise.cu
+// Geometry as a list: [n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow].
+struct DwArgs {
+  std::int64_t n, c, h, w;
+  int m, kh, kw, sh, sw, ph, pw, dh, dw;
+  std::int64_t oh, ow;
+};
+
+DwArgs parse_dw(const char* op, const Strides& geom, int dtype,
+                std::initializer_list<std::pair<const char*, const Strides*>> strides) {
+  if (geom.size() != 15) {
+    throw py::value_error(std::string("fastcnn._C.") + op +
+                          ": geometry must be [n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, "
+                          "oh, ow], got " + std::to_string(geom.size()) + " values");
+  }
+  for (std::size_t i = 0; i < geom.size(); ++i) {
+    if (geom[i] < 0 || (i >= 4 && i <= 12 && geom[i] > 0x7fffffffLL)) {
+      throw py::value_error(std::string("fastcnn._C.") + op + ": geometry value " +
+                            std::to_string(i) + " out of range: " + std::to_string(geom[i]));
+    }
+  }
+  check_lrn_args(op, geom[0], geom[1], geom[2], geom[3], 1, dtype, strides);
+  auto i32 = [&](std::size_t i) { return static_cast<int>(geom[i]); };
+  return DwArgs{geom[0], geom[1], geom[2], geom[3], i32(4), i32(5), i32(6), i32(7),
+                i32(8), i32(9), i32(10), i32(11), i32(12), geom[13], geom[14]};
+}
+
+void depthwise_forward(const Strides& geom, std::uintptr_t x, const Strides& x_stride,
+                       std::uintptr_t weight, const Strides& w_stride, std::uintptr_t bias,
+                       std::int64_t bias_stride, std::uintptr_t y, const Strides& y_stride,
+                       int dtype, std::uintptr_t stream) {
+  const DwArgs a = parse_dw("depthwise_conv2d_forward", geom, dtype,
+                            {{"x_stride", &x_stride}, {"w_stride", &w_stride}, {"y_stride", &y_stride}});
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::depthwise_conv2d_forward(
+        a.n, a.c, a.h, a.w, a.m, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw, a.dh, a.dw, a.oh, a.ow,
+        reinterpret_cast<const void*>(x), x_stride.data(), reinterpret_cast<const void*>(weight),
+        w_stride.data(), reinterpret_cast<const void*>(bias), bias_stride,
+        reinterpret_cast<void*>(y), y_stride.data(), dtype, as_stream(stream));
+  }
+  check_status("depthwise_conv2d_forward", err);
+}
+
+void depthwise_input_grad(const Strides& geom, std::uintptr_t dy, const Strides& dy_stride,
+                          std::uintptr_t weight, const Strides& w_stride, std::uintptr_t dx,
+                          const Strides& dx_stride, int dtype, std::uintptr_t stream) {
+  const DwArgs a = parse_dw("depthwise_conv2d_input_grad", geom, dtype,
+                            {{"dy_stride", &dy_stride}, {"w_stride", &w_stride}, {"dx_stride", &dx_stride}});
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::depthwise_conv2d_input_grad(
+        a.n, a.c, a.h, a.w, a.m, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw, a.dh, a.dw, a.oh, a.ow,
+        reinterpret_cast<const void*>(dy), dy_stride.data(), reinterpret_cast<const void*>(weight),
+        w_stride.data(), reinterpret_cast<void*>(dx), dx_stride.data(), dtype, as_stream(stream));
+  }
+  check_status("depthwise_conv2d_input_grad", err);
+}
+
+void depthwise_weight_grad(const Strides& geom, std::uintptr_t dy, const Strides& dy_stride,
+                           std::uintptr_t x, const Strides& x_stride, std::uintptr_t dweight,
+                           const Strides& dw_stride, int dtype, std::uintptr_t stream) {
+  const DwArgs a = parse_dw("depthwise_conv2d_weight_grad", geom, dtype,
+                            {{"dy_stride", &dy_stride}, {"x_stride", &x_stride}, {"dw_stride", &dw_stride}});
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::depthwise_conv2d_weight_grad(
+        a.n, a.c, a.h, a.w, a.m, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw, a.dh, a.dw, a.oh, a.ow,
+        reinterpret_cast<const void*>(dy), dy_stride.data(), reinterpret_cast<const void*>(x),
+        x_stride.data(), reinterpret_cast<void*>(dweight), dw_stride.data(), dtype,
+        as_stream(stream));
+  }
+  check_status("depthwise_conv2d_weight_grad", err);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -211,6 +365,37 @@ PYBIND11_MODULE(_C, m) {
         "out[i] = alpha * x[i] + beta * y[i] for i < n on `stream` (asynchronous).  x, y, out: "
         "device pointers to n contiguous elements of dtype code `dtype`.  Raises RuntimeError "
         "naming the op on a CUDA error.");
+  m.def("lrn_forward", &lrn_forward, py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"),
+        py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"), py::arg("within"),
+        py::arg("x"), py::arg("x_stride"), py::arg("y"), py::arg("y_stride"), py::arg("scale"),
+        py::arg("scale_stride"), py::arg("dtype"), py::arg("stream") = 0,
+        "Local response normalization forward on `stream` (asynchronous): y = x * scale^-beta, "
+        "scale = k + alpha/size * window sum of x^2 (across channels, or a size x size spatial "
+        "window with alpha/size^2 when `within`).  Pointers are device addresses, strides are 4 "
+        "element strides (n, c, h, w); scale (float, double for fp64) may be 0: not written.");
+  m.def("lrn_backward", &lrn_backward, py::arg("n"), py::arg("c"), py::arg("h"), py::arg("w"),
+        py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"), py::arg("within"),
+        py::arg("dy"), py::arg("dy_stride"), py::arg("x"), py::arg("x_stride"), py::arg("y"),
+        py::arg("y_stride"), py::arg("scale"), py::arg("scale_stride"), py::arg("dx"),
+        py::arg("dx_stride"), py::arg("dtype"), py::arg("stream") = 0,
+        "Local response normalization backward (asynchronous): dx from dy, x, the forward's y "
+        "and saved scale.");
+  m.def("depthwise_conv2d_forward", &depthwise_forward, py::arg("geometry"), py::arg("x"),
+        py::arg("x_stride"), py::arg("weight"), py::arg("w_stride"), py::arg("bias"),
+        py::arg("bias_stride"), py::arg("y"), py::arg("y_stride"), py::arg("dtype"),
+        py::arg("stream") = 0,
+        "Depthwise convolution forward (asynchronous).  geometry: [n, c, h, w, m, kh, kw, sh, "
+        "sw, ph, pw, dh, dw, oh, ow] (m: channel multiplier); weight (c*m, 1, kh, kw); bias may "
+        "be 0; strides are 4 element strides.");
+  m.def("depthwise_conv2d_input_grad", &depthwise_input_grad, py::arg("geometry"), py::arg("dy"),
+        py::arg("dy_stride"), py::arg("weight"), py::arg("w_stride"), py::arg("dx"),
+        py::arg("dx_stride"), py::arg("dtype"), py::arg("stream") = 0,
+        "Depthwise convolution input gradient (asynchronous), geometry as in the forward.");
+  m.def("depthwise_conv2d_weight_grad", &depthwise_weight_grad, py::arg("geometry"),
+        py::arg("dy"), py::arg("dy_stride"), py::arg("x"), py::arg("x_stride"), py::arg("dweight"),
+        py::arg("dw_stride"), py::arg("dtype"), py::arg("stream") = 0,
+        "Depthwise convolution weight gradient (asynchronous, deterministic), geometry as in the "
+        "forward.");
   m.def("available", &available,
         "(ok, reason): whether a CUDA device this build has code for is present; reason is a "
         "sentence saying why not (no driver, no device, no kernel image) or None.");

@@ -102,4 +102,47 @@ namespace fastcnn {
 cudaError_t axpby(index_t n, double alpha, const void* x, double beta, const void* y,
                   void* out, int dtype, cudaStream_t stream);
 
+// lrn.cu: local response normalization over an (n, c, h, w) tensor; every
+// *_stride is a host array of 4 element strides (any layout, 0 allowed).
+// Across channels (within == false) or over a size x size spatial window
+// (within == true); alpha is divided by size (size^2).  scale (nullable in the
+// forward: then not written) is float for fp32/fp16/bf16 and double for fp64.
+cudaError_t lrn_forward(index_t n, index_t c, index_t h, index_t w, int size, double alpha,
+                        double beta, double k, bool within, const void* x,
+                        const index_t* x_stride, void* y, const index_t* y_stride, void* scale,
+                        const index_t* scale_stride, int dtype, cudaStream_t stream);
+cudaError_t lrn_backward(index_t n, index_t c, index_t h, index_t w, int size, double alpha,
+                         double beta, double k, bool within, const void* dy,
+                         const index_t* dy_stride, const void* x, const index_t* x_stride,
+                         const void* y, const index_t* y_stride, const void* scale,
+                         const index_t* scale_stride, void* dx, const index_t* dx_stride,
+                         int dtype, cudaStream_t stream);
+
+// depthwise.cu: depthwise convolution, input (n, c, h, w), weight (c * m, 1, kh, kw),
+// output (n, c * m, oh, ow) with oh / ow the convolution's output size for stride
+// (sh, sw), padding (ph, pw), dilation (dh, dw).  Every *_stride is a host array of
+// 4 element strides; bias (nullable) has bias_stride.  Accumulates in fp32 (fp64
+// for fp64).  The weight gradient is written in full (zeros for an empty batch).
+cudaError_t depthwise_conv2d_forward(index_t n, index_t c, index_t h, index_t w, int m, int kh,
+                                     int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                                     index_t oh, index_t ow, const void* x,
+                                     const index_t* x_stride, const void* weight,
+                                     const index_t* w_stride, const void* bias,
+                                     index_t bias_stride, void* y, const index_t* y_stride,
+                                     int dtype, cudaStream_t stream);
+cudaError_t depthwise_conv2d_input_grad(index_t n, index_t c, index_t h, index_t w, int m,
+                                        int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                                        int dw, index_t oh, index_t ow, const void* dy,
+                                        const index_t* dy_stride, const void* weight,
+                                        const index_t* w_stride, void* dx,
+                                        const index_t* dx_stride, int dtype,
+                                        cudaStream_t stream);
+cudaError_t depthwise_conv2d_weight_grad(index_t n, index_t c, index_t h, index_t w, int m,
+                                         int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                                         int dw, index_t oh, index_t ow, const void* dy,
+                                         const index_t* dy_stride, const void* x,
+                                         const index_t* x_stride, void* dweight,
+                                         const index_t* dw_stride, int dtype,
+                                         cudaStream_t stream);
+
 }  // namespace fastcnn

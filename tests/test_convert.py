@@ -131,3 +131,8 @@ def test_fuse_false_only_swaps():
     model = fnn.convert(TinyResNet(), fuse=False)
     assert not any(isinstance(m, fnn.FusedConv2dBN) for m in model.modules())
     assert sum(type(m) is fnn.Conv2d for m in model.modules()) == 7
+
+
+def test_local_response_norm_is_swapped():
+    model = fnn.convert(tnn.Sequential(tnn.Conv2d(3, 8, 3), tnn.ReLU(), tnn.LocalResponseNorm(5, 1e-3, 0.75, 2.0)))
+    assert type(model[2]) is fnn.LocalResponseNorm and model[2].size == 5 and model[2].k == 2.0

@@ -1,6 +1,7 @@
 """fastcnn.nn.convert(model): put fastcnn's modules into an existing torch model.
 
-1. Every torch.nn.Conv2d becomes a fastcnn.nn.Conv2d sharing its parameters.
+1. Every torch.nn.Conv2d becomes a fastcnn.nn.Conv2d sharing its parameters, and
+   every torch.nn.LocalResponseNorm a fastcnn.nn.LocalResponseNorm.
 2. Conv2d -> BatchNorm2d [-> + residual] [-> activation] chains are fused into one
    fastcnn op. Fusion follows dataflow, not attribute order: each module's forward
    is traced with torch.fx (its children kept as leaves), and a chain is fused only
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from fastcnn.nn.conv import Conv2d
 from fastcnn.nn.fused import ConvBNAct, FusedConv2dBN
+from fastcnn.nn.lrn import LocalResponseNorm
 
 ACT_MODULES = {torch.nn.ReLU: "relu", torch.nn.ReLU6: "relu6", torch.nn.SiLU: "silu"}
 ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "silu",
@@ -24,6 +26,8 @@ ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "
 ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 FASTCNN_MODULES = (Conv2d, ConvBNAct)
+# torch.nn type -> its fastcnn twin (a from_torch(module, algo=) builder sharing state)
+SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.LocalResponseNorm: LocalResponseNorm}
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):
@@ -33,8 +37,8 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
 
 def convert(model: torch.nn.Module, fuse: bool = True, algo: str = "auto") -> torch.nn.Module:
     """Convert ``model`` in place (and return it). ``algo`` is given to every
-    fastcnn module; ``fuse=False`` only swaps the convolutions."""
-    _swap_convs(model, algo)
+    fastcnn module; ``fuse=False`` only swaps modules."""
+    _swap_modules(model, algo)
     if fuse:
         for module in list(model.modules()):
             if module.__class__ not in FASTCNN_MODULES and not isinstance(module, FusedConv2dBN):
@@ -42,14 +46,14 @@ def convert(model: torch.nn.Module, fuse: bool = True, algo: str = "auto") -> to
     return model
 
 
-def _swap_convs(module, algo):
+def _swap_modules(module, algo):
     for name, child in module.named_children():
-        if type(child) is torch.nn.Conv2d:
-            setattr(module, name, Conv2d.from_torch(child, algo=algo))
-        elif isinstance(child, Conv2d):
+        if type(child) in SWAPS:
+            setattr(module, name, SWAPS[type(child)].from_torch(child, algo=algo))
+        elif isinstance(child, tuple(SWAPS.values())):
             child.algo = algo
         else:
-            _swap_convs(child, algo)
+            _swap_modules(child, algo)
 
 
 def _activation_of(node, modules):

@@ -130,6 +130,14 @@ weight_grad_dispatch.register("triton", _triton_weight_grad, triton_reasons)
 weight_grad_dispatch.register("cudnn", _cudnn_weight_grad, cudnn_reasons)
 weight_grad_dispatch.register("reference", _no_cudnn(reference.conv2d_weight_grad))
 
+# "cuda": fastcnn._C's depthwise kernels (csrc/depthwise.cu), for depthwise
+# configurations only; every other call is refused with a reason.
+from fastcnn.ops import _cuda_depthwise  # noqa: E402
+
+forward_dispatch.register("cuda", _cuda_depthwise.forward, _cuda_depthwise.forward_reasons)
+input_grad_dispatch.register("cuda", _cuda_depthwise.input_grad, _cuda_depthwise.input_grad_reasons)
+weight_grad_dispatch.register("cuda", _cuda_depthwise.weight_grad, _cuda_depthwise.weight_grad_reasons)
+
 
 def _in_layout(t, like):
     """Every backend returns the layout the fake kernel promises."""

@@ -1,0 +1,295 @@
+// depthwise.cu: depthwise 2-D convolution (groups == input channels, channel
+// multiplier m: output channel k reads input channel k / m), forward, input
+// gradient and weight gradient, for fp32 / fp16 / bf16 (fp32 accumulation) and
+// fp64.
+//
+// Design
+// ------
+// * Every tensor is addressed through its own 4 element strides, so NCHW,
+//   channels_last, sliced and stride-0 expanded tensors need no copies.
+// * forward / input gradient: one thread per output element in a grid-stride
+//   loop; the traversal follows the output's layout (channel innermost for
+//   channels_last, w innermost for NCHW), so a warp's loads of x / dy and its
+//   stores coalesce in both layouts.  The weight (k x kh x kw, tiny) stays in L1.
+//   The input gradient is a gather (no atomics): each dx element sums the dy
+//   taps that read it, skipping stride phases that do not divide.
+// * weight gradient: one block per weight element (k, r, s) reduces dy * x over
+//   the N * OH * OW output pixels with a fixed-order shared-memory tree:
+//   deterministic, no atomics.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "common.cuh"
+
+namespace fastcnn {
+namespace {
+
+template <typename T, typename Acc>
+struct DwConvert {
+  static FASTCNN_DEVICE Acc load(T v) { return static_cast<Acc>(v); }
+  static FASTCNN_DEVICE T store(Acc v) { return static_cast<T>(v); }
+};
+template <>
+struct DwConvert<__half, float> {
+  static FASTCNN_DEVICE float load(__half v) { return __half2float(v); }
+  static FASTCNN_DEVICE __half store(float v) { return __float2half_rn(v); }
+};
+template <>
+struct DwConvert<__nv_bfloat16, float> {
+  static FASTCNN_DEVICE float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static FASTCNN_DEVICE __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+struct DwStrides {
+  index_t n, c, h, w;
+};
+
+struct DwGeom {
+  index_t n, c, h, w;   // input
+  index_t k, oh, ow;    // output channels (c * m) and spatial size
+  int m, kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+FASTCNN_DEVICE index_t at(const DwStrides& s, index_t n, index_t c, index_t h, index_t w) {
+  return n * s.n + c * s.c + h * s.h + w * s.w;
+}
+
+// i -> (n, c, h, w) of a (n, c, h, w) index space, channel innermost or w innermost.
+FASTCNN_DEVICE void decode4(index_t i, index_t C, index_t H, index_t W, bool channels_inner,
+                            index_t& n, index_t& c, index_t& h, index_t& w) {
+  if (channels_inner) {
+    c = i % C;
+    i /= C;
+    w = i % W;
+    i /= W;
+    h = i % H;
+    n = i / H;
+  } else {
+    w = i % W;
+    i /= W;
+    h = i % H;
+    i /= H;
+    c = i % C;
+    n = i / C;
+  }
+}
+
+template <typename T, typename Acc>
+__global__ void dw_forward_kernel(DwGeom g, bool channels_inner, const T* __restrict__ x,
+                                  DwStrides xs, const T* __restrict__ wt, DwStrides ws,
+                                  const T* __restrict__ bias, index_t bias_stride,
+                                  T* __restrict__ y, DwStrides ys) {
+  using Cv = DwConvert<T, Acc>;
+  const index_t total = g.n * g.k * g.oh * g.ow;
+  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    index_t n, k, oh, ow;
+    decode4(i, g.k, g.oh, g.ow, channels_inner, n, k, oh, ow);
+    const index_t c = k / g.m;
+    Acc acc = bias != nullptr ? Cv::load(bias[k * bias_stride]) : Acc(0);
+    for (int r = 0; r < g.kh; ++r) {
+      const index_t ih = oh * g.sh - g.ph + static_cast<index_t>(r) * g.dh;
+      if (ih < 0 || ih >= g.h) continue;
+      for (int s = 0; s < g.kw; ++s) {
+        const index_t iw = ow * g.sw - g.pw + static_cast<index_t>(s) * g.dw;
+        if (iw < 0 || iw >= g.w) continue;
+        acc += Cv::load(x[at(xs, n, c, ih, iw)]) * Cv::load(wt[at(ws, k, 0, r, s)]);
+      }
+    }
+    y[at(ys, n, k, oh, ow)] = Cv::store(acc);
+  }
+}
+
+template <typename T, typename Acc>
+__global__ void dw_input_grad_kernel(DwGeom g, bool channels_inner, const T* __restrict__ dy,
+                                     DwStrides dys, const T* __restrict__ wt, DwStrides ws,
+                                     T* __restrict__ dx, DwStrides dxs) {
+  using Cv = DwConvert<T, Acc>;
+  const index_t total = g.n * g.c * g.h * g.w;
+  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    index_t n, c, h, w;
+    decode4(i, g.c, g.h, g.w, channels_inner, n, c, h, w);
+    Acc acc = Acc(0);
+    for (int mm = 0; mm < g.m; ++mm) {
+      const index_t k = c * g.m + mm;
+      for (int r = 0; r < g.kh; ++r) {
+        const index_t th = h + g.ph - static_cast<index_t>(r) * g.dh;  // = oh * sh
+        if (th < 0 || th % g.sh != 0) continue;
+        const index_t oh = th / g.sh;
+        if (oh >= g.oh) continue;
+        for (int s = 0; s < g.kw; ++s) {
+          const index_t tw = w + g.pw - static_cast<index_t>(s) * g.dw;
+          if (tw < 0 || tw % g.sw != 0) continue;
+          const index_t ow = tw / g.sw;
+          if (ow >= g.ow) continue;
+          acc += Cv::load(dy[at(dys, n, k, oh, ow)]) * Cv::load(wt[at(ws, k, 0, r, s)]);
+        }
+      }
+    }
+    dx[at(dxs, n, c, h, w)] = Cv::store(acc);
+  }
+}
+
+constexpr int kWgradThreads = 256;
+
+template <typename T, typename Acc>
+__global__ void dw_weight_grad_kernel(DwGeom g, const T* __restrict__ dy, DwStrides dys,
+                                      const T* __restrict__ x, DwStrides xs,
+                                      T* __restrict__ dwt, DwStrides dws) {
+  using Cv = DwConvert<T, Acc>;
+  __shared__ Acc partial[kWgradThreads];
+  const index_t e = blockIdx.x;  // (k, r, s)
+  const int s = static_cast<int>(e % g.kw);
+  const int r = static_cast<int>((e / g.kw) % g.kh);
+  const index_t k = e / (static_cast<index_t>(g.kw) * g.kh);
+  const index_t c = k / g.m;
+  const index_t pixels = g.n * g.oh * g.ow;
+  Acc acc = Acc(0);
+  for (index_t j = threadIdx.x; j < pixels; j += kWgradThreads) {
+    const index_t ow = j % g.ow;
+    const index_t oh = (j / g.ow) % g.oh;
+    const index_t n = j / (g.ow * g.oh);
+    const index_t ih = oh * g.sh - g.ph + static_cast<index_t>(r) * g.dh;
+    const index_t iw = ow * g.sw - g.pw + static_cast<index_t>(s) * g.dw;
+    if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
+    acc += Cv::load(dy[at(dys, n, k, oh, ow)]) * Cv::load(x[at(xs, n, c, ih, iw)]);
+  }
+  partial[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = kWgradThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) dwt[at(dws, k, 0, r, s)] = Cv::store(partial[0]);
+}
+
+DwStrides dw_strides(const index_t* s) { return DwStrides{s[0], s[1], s[2], s[3]}; }
+
+constexpr int kThreads = 256;
+
+bool valid_dtype(int dtype) {
+  return dtype == kFloat32 || dtype == kFloat16 || dtype == kBFloat16 || dtype == kFloat64;
+}
+
+// Checks shared by the three entry points; fills g.
+bool make_geom(DwGeom& g, index_t n, index_t c, index_t h, index_t w, int m, int kh, int kw,
+               int sh, int sw, int ph, int pw, int dh, int dw, index_t oh, index_t ow) {
+  if (n < 0 || c < 0 || h < 0 || w < 0 || oh < 0 || ow < 0) return false;
+  if (m < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || dh < 1 || dw < 1)
+    return false;
+  // the output size must be the convolution's (0 when the kernel does not fit)
+  const index_t span_h = h + 2 * static_cast<index_t>(ph) - static_cast<index_t>(dh) * (kh - 1) - 1;
+  const index_t span_w = w + 2 * static_cast<index_t>(pw) - static_cast<index_t>(dw) * (kw - 1) - 1;
+  if (oh != (span_h < 0 ? 0 : span_h / sh + 1)) return false;
+  if (ow != (span_w < 0 ? 0 : span_w / sw + 1)) return false;
+  g = DwGeom{n, c, h, w, c * m, oh, ow, m, kh, kw, sh, sw, ph, pw, dh, dw};
+  return true;
+}
+
+template <typename T, typename Acc>
+cudaError_t launch_fwd(const DwGeom& g, const void* x, const index_t* xs, const void* wt,
+                       const index_t* ws, const void* bias, index_t bias_stride, void* y,
+                       const index_t* ys, cudaStream_t stream) {
+  const index_t total = g.n * g.k * g.oh * g.ow;
+  dw_forward_kernel<T, Acc><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
+      g, ys[1] == 1 && g.k > 1, static_cast<const T*>(x), dw_strides(xs),
+      static_cast<const T*>(wt), dw_strides(ws), static_cast<const T*>(bias), bias_stride,
+      static_cast<T*>(y), dw_strides(ys));
+  FASTCNN_CHECK_LAUNCH();
+  return cudaSuccess;
+}
+
+template <typename T, typename Acc>
+cudaError_t launch_dgrad(const DwGeom& g, const void* dy, const index_t* dys, const void* wt,
+                         const index_t* ws, void* dx, const index_t* dxs, cudaStream_t stream) {
+  const index_t total = g.n * g.c * g.h * g.w;
+  dw_input_grad_kernel<T, Acc><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
+      g, dxs[1] == 1 && g.c > 1, static_cast<const T*>(dy), dw_strides(dys),
+      static_cast<const T*>(wt), dw_strides(ws), static_cast<T*>(dx), dw_strides(dxs));
+  FASTCNN_CHECK_LAUNCH();
+  return cudaSuccess;
+}
+
+template <typename T, typename Acc>
+cudaError_t launch_wgrad(const DwGeom& g, const void* dy, const index_t* dys, const void* x,
+                         const index_t* xs, void* dwt, const index_t* dws, cudaStream_t stream) {
+  const index_t blocks = g.k * g.kh * g.kw;
+  FASTCNN_REQUIRE(blocks <= 0x7fffffffLL);
+  dw_weight_grad_kernel<T, Acc><<<static_cast<unsigned int>(blocks), kWgradThreads, 0, stream>>>(
+      g, static_cast<const T*>(dy), dw_strides(dys), static_cast<const T*>(x), dw_strides(xs),
+      static_cast<T*>(dwt), dw_strides(dws));
+  FASTCNN_CHECK_LAUNCH();
+  return cudaSuccess;
+}
+
+}  // namespace
+
+#define FASTCNN_DW_DISPATCH(dtype, LAUNCH, ...)                                          \
+  switch (dtype) {                                                                       \
+    case kFloat32: return LAUNCH<float, float>(__VA_ARGS__);                             \
+    case kFloat16: return LAUNCH<__half, float>(__VA_ARGS__);                            \
+    case kBFloat16: return LAUNCH<__nv_bfloat16, float>(__VA_ARGS__);                    \
+    case kFloat64: return LAUNCH<double, double>(__VA_ARGS__);                           \
+    default: return cudaErrorInvalidValue;                                               \
+  }
+
+cudaError_t depthwise_conv2d_forward(index_t n, index_t c, index_t h, index_t w, int m, int kh,
+                                     int kw, int sh, int sw, int ph, int pw, int dh, int dw,
+                                     index_t oh, index_t ow, const void* x,
+                                     const index_t* x_stride, const void* weight,
+                                     const index_t* w_stride, const void* bias,
+                                     index_t bias_stride, void* y, const index_t* y_stride,
+                                     int dtype, cudaStream_t stream) {
+  DwGeom g;
+  FASTCNN_REQUIRE(make_geom(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
+  FASTCNN_REQUIRE(valid_dtype(dtype));
+  if (n == 0 || c == 0 || oh == 0 || ow == 0) return cudaSuccess;
+  FASTCNN_REQUIRE(x != nullptr && weight != nullptr && y != nullptr);
+  FASTCNN_REQUIRE(x_stride != nullptr && w_stride != nullptr && y_stride != nullptr);
+  FASTCNN_DW_DISPATCH(dtype, launch_fwd, g, x, x_stride, weight, w_stride, bias, bias_stride, y,
+                      y_stride, stream)
+}
+
+cudaError_t depthwise_conv2d_input_grad(index_t n, index_t c, index_t h, index_t w, int m,
+                                        int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                                        int dw, index_t oh, index_t ow, const void* dy,
+                                        const index_t* dy_stride, const void* weight,
+                                        const index_t* w_stride, void* dx,
+                                        const index_t* dx_stride, int dtype,
+                                        cudaStream_t stream) {
+  DwGeom g;
+  FASTCNN_REQUIRE(make_geom(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
+  FASTCNN_REQUIRE(valid_dtype(dtype));
+  if (n == 0 || c == 0 || h == 0 || w == 0) return cudaSuccess;
+  FASTCNN_REQUIRE(dy != nullptr && weight != nullptr && dx != nullptr);
+  FASTCNN_REQUIRE(dy_stride != nullptr && w_stride != nullptr && dx_stride != nullptr);
+  FASTCNN_DW_DISPATCH(dtype, launch_dgrad, g, dy, dy_stride, weight, w_stride, dx, dx_stride,
+                      stream)
+}
+
+cudaError_t depthwise_conv2d_weight_grad(index_t n, index_t c, index_t h, index_t w, int m,
+                                         int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                                         int dw, index_t oh, index_t ow, const void* dy,
+                                         const index_t* dy_stride, const void* x,
+                                         const index_t* x_stride, void* dweight,
+                                         const index_t* dw_stride, int dtype,
+                                         cudaStream_t stream) {
+  DwGeom g;
+  FASTCNN_REQUIRE(make_geom(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
+  FASTCNN_REQUIRE(valid_dtype(dtype));
+  // An empty batch still writes the (zero) weight gradient.
+  if (c == 0) return cudaSuccess;
+  FASTCNN_REQUIRE(dweight != nullptr && dw_stride != nullptr);
+  FASTCNN_REQUIRE(dy_stride != nullptr && x_stride != nullptr);
+  FASTCNN_REQUIRE(n * oh * ow == 0 || (dy != nullptr && x != nullptr));
+  FASTCNN_DW_DISPATCH(dtype, launch_wgrad, g, dy, dy_stride, x, x_stride, dweight, dw_stride,
+                      stream)
+}
+
+#undef FASTCNN_DW_DISPATCH
+
+}  // namespace fastcnn
