@@ -25,14 +25,15 @@ def conv_fn(contender, layer):
     return lambda x, w: ops.conv2d(x, w, None, layer.stride, layer.padding, 1, layer.groups, algo=contender)
 
 
-def step_fn(fn, backward):
+def step_fn(fn, backward, wrt=(0, 1)):
+    """``fn(x, w)``, or with ``backward`` forward+backward with gradients for the
+    arguments at positions ``wrt``."""
     if not backward:
         return fn
 
-    def fwd_bwd(x, w):
-        out = fn(x, w)
-        grad = torch.ones_like(out)
-        torch.autograd.grad(out, (x, w), grad)
+    def fwd_bwd(*args):
+        out = fn(*args)
+        torch.autograd.grad(out, [args[i] for i in wrt], torch.ones_like(out))
     return fwd_bwd
 
 

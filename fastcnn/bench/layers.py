@@ -84,3 +84,36 @@ NETWORKS = {"alexnet": ALEXNET, "vgg16": VGG16, "resnet50": RESNET50, "resnext50
 
 def all_layers(networks=None):
     return [layer for n in (networks or NETWORKS) for layer in NETWORKS[n]]
+
+
+def _dw(name, c, size, k, stride):
+    return ConvLayer(name, c, size, size, c, k, k, stride, k // 2, groups=c)
+
+
+# The depthwise convolutions of MobileNetV2 and EfficientNet-B0 at 224x224 (expanded
+# width, input size, kernel, stride), one per distinct shape.
+MOBILENETV2_DW = [
+    _dw("mobilenet_v2.dw32_112", 32, 112, 3, 1), _dw("mobilenet_v2.dw96_112_s2", 96, 112, 3, 2),
+    _dw("mobilenet_v2.dw144_56", 144, 56, 3, 1), _dw("mobilenet_v2.dw144_56_s2", 144, 56, 3, 2),
+    _dw("mobilenet_v2.dw192_28", 192, 28, 3, 1), _dw("mobilenet_v2.dw192_28_s2", 192, 28, 3, 2),
+    _dw("mobilenet_v2.dw384_14", 384, 14, 3, 1), _dw("mobilenet_v2.dw576_14", 576, 14, 3, 1),
+    _dw("mobilenet_v2.dw576_14_s2", 576, 14, 3, 2), _dw("mobilenet_v2.dw960_7", 960, 7, 3, 1),
+]
+EFFICIENTNET_B0_DW = [
+    _dw("efficientnet_b0.dw32_112", 32, 112, 3, 1), _dw("efficientnet_b0.dw96_112_s2", 96, 112, 3, 2),
+    _dw("efficientnet_b0.dw144_56", 144, 56, 3, 1), _dw("efficientnet_b0.dw144_56_k5s2", 144, 56, 5, 2),
+    _dw("efficientnet_b0.dw240_28_k5", 240, 28, 5, 1), _dw("efficientnet_b0.dw240_28_s2", 240, 28, 3, 2),
+    _dw("efficientnet_b0.dw480_14", 480, 14, 3, 1), _dw("efficientnet_b0.dw480_14_k5", 480, 14, 5, 1),
+    _dw("efficientnet_b0.dw672_14_k5", 672, 14, 5, 1), _dw("efficientnet_b0.dw672_14_k5s2", 672, 14, 5, 2),
+    _dw("efficientnet_b0.dw1152_7_k5", 1152, 7, 5, 1), _dw("efficientnet_b0.dw1152_7", 1152, 7, 3, 1),
+]
+DEPTHWISE = MOBILENETV2_DW + EFFICIENTNET_B0_DW
+
+# Local response normalization after AlexNet's conv1/conv2 (size 5, alpha 1e-4, beta
+# 0.75, k 2) and GoogLeNet's stem (size 5, k 1): (name, C, H, W, size, alpha, beta, k).
+LRN_LAYERS = [
+    ("alexnet.lrn1", 96, 55, 55, 5, 1e-4, 0.75, 2.0),
+    ("alexnet.lrn2", 256, 27, 27, 5, 1e-4, 0.75, 2.0),
+    ("googlenet.lrn1", 64, 56, 56, 5, 1e-4, 0.75, 1.0),
+    ("googlenet.lrn2", 192, 56, 56, 5, 1e-4, 0.75, 1.0),
+]

@@ -111,6 +111,64 @@ def conv_bn_relu_callables(layer, batch, dtype, config):
     return out
 
 
+@register_suite("depthwise", kind="op")
+def depthwise_suite(config: BenchConfig):
+    """The depthwise convolutions of MobileNetV2 and EfficientNet-B0, channels_last:
+    memory-bound, so GB/s against the compulsory traffic is the figure to read."""
+    from fastcnn.bench.conv import conv_fn, layer_inputs, step_fn
+    from fastcnn.bench.layers import DEPTHWISE
+    layers = DEPTHWISE[::4] if config.quick else DEPTHWISE
+    for dtype in config.dtypes:
+        for batch in config.batches:
+            for layer in layers:
+                for backward in _passes(config):
+                    pass_ = "fwd+bwd" if backward else "fwd"
+
+                    def make(layer=layer, batch=batch, dtype=dtype, backward=backward):
+                        x, w = layer_inputs(layer, batch, _torch_dtype(dtype), config.device, requires_grad=backward)
+                        return {c: (lambda f=step_fn(conv_fn(c, layer), backward): f(x, w))
+                                for c in _want(config, OP_CONTENDERS + ("cuda",))}
+
+                    scale = 3 if backward else 1
+                    yield Case(suite="depthwise", name=layer.name,
+                               group=f"depthwise/{layer.name}/{dtype}/b{batch}/{pass_}", make=make,
+                               flops=layer.flops(batch) * scale, bytes=conv_bytes(layer, batch, dtype) * scale,
+                               dtype=dtype, batch=batch, pass_=pass_, meta={"layer": layer.__dict__.copy()})
+
+
+@register_suite("lrn", kind="op")
+def lrn_suite(config: BenchConfig):
+    """Local response normalization on AlexNet's and GoogLeNet's shapes, channels_last.
+    Forward reads x and writes y; forward+backward also reads dy and y, writes dx."""
+    from fastcnn.bench.layers import LRN_LAYERS
+    for dtype in config.dtypes:
+        for batch in config.batches:
+            for name, c, h, w, size, alpha, beta, k in LRN_LAYERS:
+                for backward in _passes(config):
+                    pass_ = "fwd+bwd" if backward else "fwd"
+
+                    def make(c=c, h=h, w=w, size=size, alpha=alpha, beta=beta, k=k, batch=batch, dtype=dtype,
+                             backward=backward):
+                        import torch
+                        import torch.nn.functional as F
+                        from fastcnn.bench.conv import step_fn
+                        from fastcnn.ops import local_response_norm
+                        x = torch.randn(batch, c, h, w, device=config.device, dtype=_torch_dtype(dtype))
+                        x = x.contiguous(memory_format=torch.channels_last).requires_grad_(backward)
+
+                        def fn(contender):
+                            if contender == "cudnn":
+                                return lambda x, _: F.local_response_norm(x, size, alpha, beta, k)
+                            return lambda x, _: local_response_norm(x, size, alpha, beta, k, algo=contender)
+                        return {cn: (lambda f=step_fn(fn(cn), backward, wrt=(0,)): f(x, None))
+                                for cn in _want(config, OP_CONTENDERS + ("cuda",))}
+
+                    elems = batch * c * h * w
+                    yield Case(suite="lrn", name=name, group=f"lrn/{name}/{dtype}/b{batch}/{pass_}", make=make,
+                               flops=None, bytes=elems * ELEMENT_BYTES[dtype] * (6 if backward else 2),
+                               dtype=dtype, batch=batch, pass_=pass_, meta={"size": size})
+
+
 def _norm(name):
     return name.lower().replace("-", "").replace("_", "").replace("/", "")
 
