@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 
 from fastcnn.models._registry import create, list_models, register_model  # noqa: F401
+from fastcnn.models._summary import Summary, summary  # noqa: F401
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
