@@ -108,13 +108,15 @@ def test_parameter_counts_with_auxiliary_classifiers():
         assert n_params(M.create("inception_v3", aux_logits=False)) == 23_834_568
 
 
-def test_models_use_fastcnn_convolutions_only():
+def test_models_use_fastcnn_convolutions_and_lrn_only():
     for name in CLASSIC:
         with torch.device("meta"):
             model = M.create(name, algo="triton")
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         assert convs and all(type(m) is fastcnn.nn.Conv2d for m in convs), name
         assert all(m.algo == "triton" for m in convs), f"{name}: algo not passed to every conv"
+        lrns = [m for m in model.modules() if isinstance(m, nn.LocalResponseNorm)]
+        assert all(type(m) is fastcnn.nn.LocalResponseNorm and m.algo == "triton" for m in lrns), name
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))

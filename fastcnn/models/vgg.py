@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.nn import Conv2d
+from fastcnn.nn import Conv2d, LocalResponseNorm
 from fastcnn.nn.fused import conv_bn_act_forward
 
 # Table 1 of the paper: an int is a 3x3 conv (pad 1) with that many output channels,
@@ -54,7 +54,7 @@ def make_layers(cfg, batch_norm=False, in_channels=3, algo="auto"):
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif v == "LRN":  # the paper follows AlexNet's LRN settings
-            layers.append(nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0))
+            layers.append(LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, algo=algo))
         else:
             layers.append(Conv2d(in_channels, v, kernel_size=3, padding=1, algo=algo))
             if batch_norm:
