@@ -45,10 +45,20 @@ class FusedSequential(nn.Sequential):
     executed as single fused ops; other modules run as they are. Same state_dict keys
     as the plain nn.Sequential (torchvision's layout for downsample branches,
     ShuffleNetV2 branches, ...). ``residual`` is added (before the activation) in the
-    last run, which must then end the sequence."""
-    _fastcnn_fused = True
+    last run, which must then end the sequence. ``fuse_conv_bn = False`` calls the
+    children one by one (``fastcnn.models.summary`` does, so its per-layer hooks fire)."""
+    _fastcnn_fused = True  # fastcnn.nn.convert: this forward is fused already, do not re-trace
+    fuse_conv_bn = True
 
     def forward(self, x, residual=None):
+        if not self.fuse_conv_bn:  # the same math, one child at a time
+            mods = list(self)
+            last_act = residual is not None and act_name(mods[-1]) is not None
+            for m in mods[:-1] if last_act else mods:
+                x = m(x)
+            if residual is not None:
+                x = x + residual
+            return mods[-1](x) if last_act else x
         mods = list(self)
         i, n = 0, len(mods)
         while i < n:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.models.vgg import FusedSequential
+from fastcnn.models._layers import FusedSequential
 from fastcnn.nn import Conv2d
 from fastcnn.nn.fused import conv_bn_act_forward
 

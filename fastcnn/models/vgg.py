@@ -10,7 +10,7 @@ from torch import nn
 
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d, LocalResponseNorm
-from fastcnn.nn.fused import conv_bn_act_forward
+from fastcnn.models._layers import FusedSequential
 
 # Table 1 of the paper: an int is a 3x3 conv (pad 1) with that many output channels,
 # "M" a 2x2/2 max-pool, "LRN" local response normalisation (A-LRN only).
@@ -22,30 +22,6 @@ CONFIGS = {
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
           512, 512, 512, 512, "M"],
 }
-
-
-class FusedSequential(nn.Sequential):
-    """nn.Sequential whose Conv2d -> BatchNorm2d [-> ReLU] runs go through one fused
-    fastcnn op. ``fuse_conv_bn = False`` calls the children one by one (used by
-    ``summary`` so that its per-layer hooks fire)."""
-
-    _fastcnn_fused = True  # fastcnn.nn.convert: this forward is fused already, do not re-trace
-    fuse_conv_bn = True
-
-    def forward(self, x):
-        mods = list(self)
-        i = 0
-        while i < len(mods):
-            m = mods[i]
-            if (self.fuse_conv_bn and isinstance(m, Conv2d) and i + 1 < len(mods)
-                    and type(mods[i + 1]) is nn.BatchNorm2d):
-                act = "relu" if i + 2 < len(mods) and type(mods[i + 2]) is nn.ReLU else "none"
-                x = conv_bn_act_forward(m, mods[i + 1], x, None, act)
-                i += 3 if act == "relu" else 2
-            else:
-                x = m(x)
-                i += 1
-        return x
 
 
 def make_layers(cfg, batch_norm=False, in_channels=3, algo="auto"):
