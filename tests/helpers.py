@@ -83,5 +83,30 @@ class Conv(namedtuple("Conv", "n c h w k groups r s stride padding dilation")):
         return list(self.stride), list(self.padding), list(self.dilation), self.groups
 
 
-__all__ = ["Conv", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
+def check_forward_stats(g, dtype, layout, offset, family):
+    """The family's forward with stats=True on geometry ``g``: y against the float64
+    reference, and the batch mean/var it returns. The statistics are of the fp32
+    accumulator (after bias and residual), before rounding to y's dtype: fp32 accuracy
+    whatever the dtype (fp64 for fp64). ``offset`` shifts the mean far from zero,
+    where sum(y^2) - sum(y)^2 / n would cancel catastrophically."""
+    from fastcnn.triton_kernels import reference
+    from fastcnn.triton_kernels.conv2d import conv2d_forward
+    x = make_input(g.input_shape, dtype, layout)
+    w = make_input(g.weight_shape, dtype)
+    b = (make_input((g.k,), dtype) + offset).to(dtype)
+    res = make_input(g.out_shape, dtype, "nhwc")
+    y, (mean, var) = conv2d_forward(x, w, b, res, *g.args, stats=True, family=family)
+    ref = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *g.args)
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    assert pixels > 32 and pixels % 32, "needs several pixel tiles, the last one partial"
+    assert_close(y, ref, dtype, what="stats output")
+    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    # With an offset, against y's own statistics: y's rounding near the offset would
+    # dominate a comparison of the variance with the exact reference.
+    ref_var, ref_mean = torch.var_mean(y.double() if offset else ref, dim=(0, 2, 3), unbiased=False)
+    assert_close(mean, ref_mean, stats_dtype, what="mean")
+    assert_close(var, ref_var, stats_dtype, what="var")
+
+
+__all__ = ["Conv", "check_forward_stats", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
            "make_input", "expanded_grad", "interpret_mode"]

@@ -7,7 +7,7 @@ import torch
 
 from fastcnn.triton_kernels import conv2d_grouped, reference
 from fastcnn.triton_kernels.conv2d import conv2d_forward, conv2d_input_grad, conv2d_weight_grad
-from helpers import DEVICE, Conv, assert_close, expanded_grad, make_input
+from helpers import DEVICE, Conv, check_forward_stats, assert_close, expanded_grad, make_input
 
 # Named geometries; each test below pairs some of them with a dtype, a layout and
 # options instead of taking the full Cartesian product.
@@ -84,26 +84,7 @@ def test_forward(geom, dtype, layout, bias, residual, activation):
     ("dw3_c40", torch.float32, "nhwc", 1000.0),
 ])
 def test_forward_stats(geom, dtype, layout, offset):
-    g = GEOMETRIES[geom]
-    x = make_input((g.n, g.c, g.h, g.w), dtype, layout)
-    w = make_weight(g, dtype)
-    b = (make_input((g.k,), dtype) + offset).to(dtype)
-    res = make_input(g.out_shape, dtype, "nhwc")
-    y, (mean, var) = conv2d_forward(x, w, b, res, *g.args, stats=True, family="grouped")
-    ref = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *g.args)
-    assert y.shape[0] * y.shape[2] * y.shape[3] > 32, "needs several pixel tiles to test their combination"
-    assert_close(y, ref, dtype, what="stats output")
-    # The statistics are of the fp32 values before rounding to y's dtype: fp32
-    # accuracy whatever the dtype (fp64 for fp64 inputs).
-    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    if offset:
-        # Against the statistics of y itself: y's own rounding near 1000 would
-        # dominate a comparison of the variance with the exact reference.
-        ref_var, ref_mean = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
-    else:
-        ref_var, ref_mean = torch.var_mean(ref, dim=(0, 2, 3), unbiased=False)
-    assert_close(mean, ref_mean, stats_dtype, what="mean")
-    assert_close(var, ref_var, stats_dtype, what="var")
+    check_forward_stats(GEOMETRIES[geom], dtype, layout, offset, "grouped")
 
 
 def test_forward_stats_empty():
