@@ -16,6 +16,10 @@ expanded to (B, H, Lq, Lk) (stride 0 along broadcast dims). A row whose scores a
 import math
 
 import torch
+import triton
+import triton.language as tl
+
+from fastcnn.triton_kernels._common import autotune_configs, dot_precision
 
 # ----------------------------------------------------------------------------- references
 
@@ -99,3 +103,430 @@ def attention_reasons(q, k, v, mask, causal, dropout_p):
     if not 0.0 <= dropout_p < 1.0:
         reasons.append(f"dropout_p {dropout_p} outside [0, 1)")
     return reasons
+
+
+# ----------------------------------------------------------------------------- kernels
+#
+# Scores are kept in log2 units (s * log2(e)) so the softmax uses exp2; the factors
+# log2(e), ln(2) and 1/(1 - dropout_p) travel as runtime floats, which the interpreter
+# keeps in float64 (a constexpr float would be rounded to fp32 and spoil fp64 tests).
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+def _forward_configs():
+    gpu = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+        for bm, bn, w, st in [
+            (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
+            (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2),
+        ]
+    ]
+    return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
+
+
+def _backward_configs():
+    # dk/dv programs own BLOCK_N keys and loop over BLOCK_M queries (the dq kernel the
+    # other way round); FA2 favours a small inner block and a large outer one.
+    gpu = [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+        for bm, bn, w, st in [
+            (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3),
+            (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4),
+        ]
+    ]
+    return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
+
+
+_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT"]
+
+
+@triton.jit
+def _scores(q, kT, offs_m, offs_n, mask_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+            HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """Scores in log2 units [BLOCK_M, BLOCK_N] from q [BLOCK_M, BLOCK_D] and
+    kT [BLOCK_D, BLOCK_N]: -inf for keys out of range or hidden by the causal mask."""
+    s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * qk_scale
+    valid = (offs_n < Lk)[None, :]
+    if HAS_MASK:
+        mk = tl.load(mask_base + offs_m.to(tl.int64)[:, None] * msk_sQ + offs_n.to(tl.int64)[None, :] * msk_sK,
+                     mask=(offs_m < Lq)[:, None] & valid, other=0.0)
+        s += mk.to(ACC) * mask_scale
+    if CAUSAL:
+        valid = valid & (offs_n[None, :] <= offs_m[:, None])
+    return tl.where(valid, s, float("-inf"))
+
+
+@triton.jit
+def _dropout_keep(seed, dropout_p, bh, offs_m, offs_n, Lq, Lk):
+    """Keep-mask [BLOCK_M, BLOCK_N]: philox number of flat index ((b*H+h)*Lq+i)*Lk+j >= p."""
+    row = bh * Lq + offs_m.to(tl.int64)
+    offset = row[:, None] * Lk + offs_n.to(tl.int64)[None, :]
+    return tl.rand(seed, offset) >= dropout_p
+
+
+@triton.autotune(configs=_forward_configs(), key=_KEY)
+@triton.jit
+def _attention_forward_kernel(
+    q_ptr,    # (B, H, Lq, D)
+    k_ptr,    # (B, H, Lk, D)
+    v_ptr,    # (B, H, Lk, D)
+    msk_ptr,  # (B, H, Lq, Lk) additive mask, stride 0 on broadcast dims (unused without HAS_MASK)
+    o_ptr,    # (B, H, Lq, D)
+    lse_ptr,  # (B, H, Lq) natural-log logsumexp of the scores
+    q_sB, q_sH, q_sL, q_sD,
+    k_sB, k_sH, k_sL, k_sD,
+    v_sB, v_sH, v_sL, v_sD,
+    msk_sB, msk_sH, msk_sQ, msk_sK,
+    o_sB, o_sH, o_sL, o_sD,
+    lse_sB, lse_sH, lse_sL,
+    H, Lq, Lk, D,
+    qk_scale, mask_scale, ln2, dropout_p, keep_scale, seed,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Lq
+    d_ok = offs_d < D
+    rows = offs_m.to(tl.int64)
+    cols = offs_d.to(tl.int64)
+
+    q = tl.load(q_ptr + b * q_sB + h * q_sH + rows[:, None] * q_sL + cols[None, :] * q_sD,
+                mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = k_ptr + b * k_sB + h * k_sH + cols[:, None] * k_sD
+    v_base = v_ptr + b * v_sB + h * v_sH + cols[None, :] * v_sD
+    msk_base = msk_ptr + b * msk_sB + h * msk_sH
+
+    m_i = tl.full([BLOCK_M], float("-inf"), ACC)  # running max (log2 units)
+    l_i = tl.zeros([BLOCK_M], ACC)                # running sum of exp2(s - m_i), before dropout
+    acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    # Causal: keys past this block's last query are hidden for every row, skip them.
+    hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M) if CAUSAL else Lk
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Lk
+        keys = offs_n.to(tl.int64)
+        kT = tl.load(k_base + keys[None, :] * k_sL, mask=d_ok[:, None] & n_ok[None, :], other=0.0)
+        s = _scores(q, kT, offs_m, offs_n, msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+                    HAS_MASK, CAUSAL, ACC, PREC)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with no visible key yet has m = -inf: shift by 0 so exp2 gives 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, dropout_p, bh, offs_m, offs_n, Lq, Lk), p, 0.0)
+        v = tl.load(v_base + keys[:, None] * v_sL, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC, out_dtype=ACC)
+        m_i = m_new
+
+    empty = l_i == 0.0  # fully masked row (or no keys): o = 0, lse = -inf
+    o = acc * (keep_scale / tl.where(empty, 1.0, l_i))[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * ln2)
+    tl.store(o_ptr + b * o_sB + h * o_sH + rows[:, None] * o_sL + cols[None, :] * o_sD,
+             o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(lse_ptr + b * lse_sB + h * lse_sH + rows * lse_sL, lse, mask=m_ok)
+
+
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))  # tl.dot needs every dim >= 16
+
+
+def _acc_types(dtype):
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _mask_args(mask, q):
+    """(pointer, 4 strides) for the kernel; q and zero strides when there is no mask."""
+    if mask is None:
+        return q, (0, 0, 0, 0)
+    return mask, mask.stride()
+
+
+def _dropout_factor(dropout_p):
+    return 0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p)
+
+
+def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, seed=0):
+    """(o, lse): o (B, H, Lq, D) contiguous in q's dtype, lse (B, H, Lq) contiguous fp32
+    (fp64 for fp64), for q, k, v and an expanded additive mask of any strides."""
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    acc_tl, acc_torch = _acc_types(q.dtype)
+    o = torch.empty((B, H, Lq, v.shape[3]), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Lq), dtype=acc_torch, device=q.device)
+    if o.numel() == 0 and lse.numel() == 0:
+        return o, lse
+    if Lk == 0:
+        return o.zero_(), lse.fill_(float("-inf"))
+    msk, msk_strides = _mask_args(mask, q)
+
+    def grid(meta):
+        return triton.cdiv(Lq, meta["BLOCK_M"]), B * H
+
+    _attention_forward_kernel[grid](
+        q, k, v, msk, o, lse,
+        *q.stride(), *k.stride(), *v.stride(), *msk_strides, *o.stride(), *lse.stride(),
+        H, Lq, Lk, D,
+        default_scale(D, scale) * LOG2E, LOG2E, LN2, float(dropout_p), _dropout_factor(dropout_p), int(seed),
+        HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
+        ACC=acc_tl, PREC=dot_precision(q.dtype), BLOCK_D=_block_d(D))
+    return o, lse
+
+
+# ----------------------------------------------------------------------------- backward
+#
+# FA2: with p = softmax(s) (dropout keep-mask z / (1 - p_drop) applied after), dp = do v^T,
+#   dv = (p z)^T do,  ds = p * (dp z - delta),  delta = rowsum(do * o),
+#   dq = scale * ds k,  dk = scale * ds^T q.
+# p is recomputed from q, k and the saved lse; nothing Lq x Lk is stored.
+
+@triton.jit
+def _attention_delta_kernel(
+    o_ptr,      # (B, H, Lq, D)
+    do_ptr,     # (B, H, Lq, D), any strides (stride 0 for expanded gradients)
+    delta_ptr,  # (B*H, Lq) contiguous: rowsum(do * o)
+    o_sB, o_sH, o_sL, o_sD,
+    do_sB, do_sH, do_sL, do_sD,
+    H, Lq, D,
+    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = offs_m.to(tl.int64)
+    cols = offs_d.to(tl.int64)
+    ok = (offs_m < Lq)[:, None] & (offs_d < D)[None, :]
+    o = tl.load(o_ptr + b * o_sB + h * o_sH + rows[:, None] * o_sL + cols[None, :] * o_sD, mask=ok, other=0.0)
+    do = tl.load(do_ptr + b * do_sB + h * do_sH + rows[:, None] * do_sL + cols[None, :] * do_sD, mask=ok,
+                 other=0.0)
+    delta = tl.sum(o.to(ACC) * do.to(ACC), axis=1)
+    tl.store(delta_ptr + bh * Lq + rows, delta, mask=offs_m < Lq)
+
+
+@triton.jit
+def _ds_tile(q, kT, v, do, lse2, delta, offs_m, offs_n, bh, msk_base, msk_sQ, msk_sK, Lq, Lk,
+             qk_scale, mask_scale, dropout_p, keep_scale, seed,
+             HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+             ACC: tl.constexpr, PREC: tl.constexpr):
+    """(p after dropout, ds) [BLOCK_M, BLOCK_N] for one tile, recomputed from the saved lse
+    (in log2 units; rows with lse = -inf have only -inf scores and get p = 0)."""
+    s = _scores(q, kT, offs_m, offs_n, msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+                HAS_MASK, CAUSAL, ACC, PREC)
+    p = tl.exp2(s - tl.where(lse2 == float("-inf"), 0.0, lse2)[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
+    if DROPOUT:
+        keep = _dropout_keep(seed, dropout_p, bh, offs_m, offs_n, Lq, Lk)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+        p_drop = tl.where(keep, p * keep_scale, 0.0)
+    else:
+        p_drop = p
+    ds = p * (dp - delta[:, None])
+    return p_drop, ds
+
+
+@triton.autotune(configs=_backward_configs(), key=_KEY + ["DETERMINISTIC"], reset_to_zero=["dq_ptr"])
+@triton.jit
+def _attention_dkdv_kernel(
+    q_ptr,      # (B, H, Lq, D)
+    k_ptr,      # (B, H, Lk, D)
+    v_ptr,      # (B, H, Lk, D)
+    msk_ptr,    # (B, H, Lq, Lk) additive mask, stride 0 on broadcast dims (unused without HAS_MASK)
+    do_ptr,     # (B, H, Lq, D)
+    lse_ptr,    # (B, H, Lq) from the forward
+    delta_ptr,  # (B*H, Lq) contiguous, from _attention_delta_kernel
+    dq_ptr,     # (B, H, Lq, D) contiguous fp32 (fp64) accumulator, atomically added to (unused if DETERMINISTIC)
+    dk_ptr,     # (B, H, Lk, D) contiguous
+    dv_ptr,     # (B, H, Lk, D) contiguous
+    q_sB, q_sH, q_sL, q_sD,
+    k_sB, k_sH, k_sL, k_sD,
+    v_sB, v_sH, v_sL, v_sD,
+    msk_sB, msk_sH, msk_sQ, msk_sK,
+    do_sB, do_sH, do_sL, do_sD,
+    lse_sB, lse_sH, lse_sL,
+    H, Lq, Lk, D,
+    scale, qk_scale, mask_scale, dropout_p, keep_scale, seed,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < Lk
+    d_ok = offs_d < D
+    keys = offs_n.to(tl.int64)
+    cols = offs_d.to(tl.int64)
+    kv_ok = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_ptr + b * k_sB + h * k_sH + keys[:, None] * k_sL + cols[None, :] * k_sD, mask=kv_ok, other=0.0)
+    v = tl.load(v_ptr + b * v_sB + h * v_sH + keys[:, None] * v_sL + cols[None, :] * v_sD, mask=kv_ok, other=0.0)
+    kT = tl.trans(k)
+    q_base = q_ptr + b * q_sB + h * q_sH + cols[None, :] * q_sD
+    do_base = do_ptr + b * do_sB + h * do_sH + cols[None, :] * do_sD
+    dq_base = dq_ptr + bh * Lq * D + cols[None, :]
+    msk_base = msk_ptr + b * msk_sB + h * msk_sH
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
+    # Causal: queries before this block's first key see none of it.
+    lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
+    for start_m in range(lo, Lq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < Lq
+        rows = offs_m.to(tl.int64)
+        qd_ok = m_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + rows[:, None] * q_sL, mask=qd_ok, other=0.0)
+        do = tl.load(do_base + rows[:, None] * do_sL, mask=qd_ok, other=0.0)
+        lse2 = tl.load(lse_ptr + b * lse_sB + h * lse_sH + rows * lse_sL, mask=m_ok, other=0.0) * mask_scale
+        delta = tl.load(delta_ptr + bh * Lq + rows, mask=m_ok, other=0.0)
+        p_drop, ds = _ds_tile(q, kT, v, do, lse2, delta, offs_m, offs_n, bh, msk_base, msk_sQ, msk_sK, Lq, Lk,
+                              qk_scale, mask_scale, dropout_p, keep_scale, seed,
+                              HAS_MASK, CAUSAL, DROPOUT, ACC, PREC)
+        dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=PREC, out_dtype=ACC)
+        ds_in = ds.to(q.dtype)
+        dk += tl.dot(tl.trans(ds_in), q, input_precision=PREC, out_dtype=ACC)
+        if not DETERMINISTIC:
+            dq = tl.dot(ds_in, k, input_precision=PREC, out_dtype=ACC) * scale
+            tl.atomic_add(dq_base + rows[:, None] * D, dq, mask=qd_ok)
+    out = bh * Lk * D + keys[:, None] * D + cols[None, :]
+    tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_ok)
+    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_ok)
+
+
+@triton.autotune(configs=_backward_configs(), key=_KEY)
+@triton.jit
+def _attention_dq_kernel(
+    q_ptr,      # (B, H, Lq, D)
+    k_ptr,      # (B, H, Lk, D)
+    v_ptr,      # (B, H, Lk, D)
+    msk_ptr,    # (B, H, Lq, Lk) additive mask, stride 0 on broadcast dims (unused without HAS_MASK)
+    do_ptr,     # (B, H, Lq, D)
+    lse_ptr,    # (B, H, Lq) from the forward
+    delta_ptr,  # (B*H, Lq) contiguous, from _attention_delta_kernel
+    dq_ptr,     # (B, H, Lq, D) contiguous
+    q_sB, q_sH, q_sL, q_sD,
+    k_sB, k_sH, k_sL, k_sD,
+    v_sB, v_sH, v_sL, v_sD,
+    msk_sB, msk_sH, msk_sQ, msk_sK,
+    do_sB, do_sH, do_sL, do_sD,
+    lse_sB, lse_sH, lse_sL,
+    H, Lq, Lk, D,
+    scale, qk_scale, mask_scale, dropout_p, keep_scale, seed,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Lq
+    d_ok = offs_d < D
+    rows = offs_m.to(tl.int64)
+    cols = offs_d.to(tl.int64)
+    qd_ok = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + b * q_sB + h * q_sH + rows[:, None] * q_sL + cols[None, :] * q_sD, mask=qd_ok, other=0.0)
+    do = tl.load(do_ptr + b * do_sB + h * do_sH + rows[:, None] * do_sL + cols[None, :] * do_sD, mask=qd_ok,
+                 other=0.0)
+    lse2 = tl.load(lse_ptr + b * lse_sB + h * lse_sH + rows * lse_sL, mask=m_ok, other=0.0) * mask_scale
+    delta = tl.load(delta_ptr + bh * Lq + rows, mask=m_ok, other=0.0)
+    k_base = k_ptr + b * k_sB + h * k_sH + cols[None, :] * k_sD
+    v_base = v_ptr + b * v_sB + h * v_sH + cols[None, :] * v_sD
+    msk_base = msk_ptr + b * msk_sB + h * msk_sH
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
+    hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M) if CAUSAL else Lk
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keys = offs_n.to(tl.int64)
+        kv_ok = (offs_n < Lk)[:, None] & d_ok[None, :]
+        k = tl.load(k_base + keys[:, None] * k_sL, mask=kv_ok, other=0.0)
+        v = tl.load(v_base + keys[:, None] * v_sL, mask=kv_ok, other=0.0)
+        _, ds = _ds_tile(q, tl.trans(k), v, do, lse2, delta, offs_m, offs_n, bh, msk_base, msk_sQ, msk_sK,
+                         Lq, Lk, qk_scale, mask_scale, dropout_p, keep_scale, seed,
+                         HAS_MASK, CAUSAL, DROPOUT, ACC, PREC)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC, out_dtype=ACC)
+    tl.store(dq_ptr + bh * Lq * D + rows[:, None] * D + cols[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+             mask=qd_ok)
+
+
+def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None, dropout_p=0.0, seed=0,
+                       deterministic=False):
+    """(dq, dk, dv), contiguous in the inputs' dtype, from the forward's o and lse (the
+    same mask, causal, scale, dropout_p and seed). deterministic=False adds dq up with
+    fp32 atomics from the dk/dv kernel (fast, order dependent); True runs a separate dq
+    kernel (bitwise reproducible). No gradient for the mask."""
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    acc_tl, acc_torch = _acc_types(q.dtype)
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    if B * H == 0 or Lq == 0 or Lk == 0:
+        return dq, dk, dv  # no query or no key: every gradient is 0
+    block_d = _block_d(D)
+    delta = torch.empty((B * H, Lq), dtype=acc_torch, device=q.device)
+    block_m_delta = 16 if Lq <= 16 else 64
+    _attention_delta_kernel[(triton.cdiv(Lq, block_m_delta), B * H)](
+        o, do, delta, *o.stride(), *do.stride(), H, Lq, D,
+        ACC=acc_tl, BLOCK_M=block_m_delta, BLOCK_D=block_d)
+
+    msk, msk_strides = _mask_args(mask, q)
+    flags = dict(HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
+                 ACC=acc_tl, PREC=dot_precision(q.dtype), BLOCK_D=block_d)
+    sm_scale = default_scale(D, scale)
+    floats = (sm_scale, sm_scale * LOG2E, LOG2E, float(dropout_p), _dropout_factor(dropout_p), int(seed))
+    strides = (*q.stride(), *k.stride(), *v.stride(), *msk_strides, *do.stride(), *lse.stride())
+    dq_acc = dq if deterministic or q.dtype == acc_torch else torch.zeros(q.shape, dtype=acc_torch, device=q.device)
+
+    _attention_dkdv_kernel[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](
+        q, k, v, msk, do, lse, delta, dq_acc, dk, dv, *strides, H, Lq, Lk, D, *floats,
+        DETERMINISTIC=bool(deterministic), **flags)
+    if deterministic:
+        _attention_dq_kernel[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](
+            q, k, v, msk, do, lse, delta, dq, *strides, H, Lq, Lk, D, *floats, **flags)
+    elif dq_acc is not dq:
+        dq.copy_(dq_acc)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- dropout mask
+
+@triton.jit
+def _dropout_keep_kernel(
+    keep_ptr,  # (B*H*Lq, Lk) contiguous bool (as int8)
+    R, Lk, dropout_p, seed,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Row r = (b*H + h)*Lq + i, so bh = 0 and Lq = R reproduce the attention kernels' offsets.
+    keep = _dropout_keep(seed, dropout_p, 0, offs_r, offs_n, R, Lk)
+    out = offs_r.to(tl.int64)[:, None] * Lk + offs_n[None, :]
+    tl.store(keep_ptr + out, keep.to(tl.int8), mask=(offs_r < R)[:, None] & (offs_n < Lk)[None, :])
+
+
+def dropout_keep_mask(seed, dropout_p, B, H, Lq, Lk, device):
+    """The boolean keep-mask (B, H, Lq, Lk) that the attention kernels apply for
+    (seed, dropout_p): philox tl.rand(seed, ((b*H + h)*Lq + i)*Lk + j) >= dropout_p."""
+    keep = torch.empty((B, H, Lq, Lk), dtype=torch.int8, device=device)
+    R = B * H * Lq
+    if keep.numel():
+        _dropout_keep_kernel[(triton.cdiv(R, 16), triton.cdiv(Lk, 64))](
+            keep, R, Lk, float(dropout_p), int(seed), BLOCK_R=16, BLOCK_N=64)
+    return keep.bool()
