@@ -16,6 +16,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from fastcnn.nn.attention import MultiheadSelfAttention
 from fastcnn.nn.conv import Conv2d
 from fastcnn.nn.fused import ConvBNAct, FusedConv2dBN
 from fastcnn.nn.lrn import LocalResponseNorm
@@ -27,7 +28,8 @@ ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 FASTCNN_MODULES = (Conv2d, ConvBNAct)
 # torch.nn type -> its fastcnn twin (a from_torch(module, algo=) builder sharing state)
-SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.LocalResponseNorm: LocalResponseNorm}
+SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.LocalResponseNorm: LocalResponseNorm,
+         torch.nn.MultiheadAttention: MultiheadSelfAttention}
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):

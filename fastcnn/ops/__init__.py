@@ -8,9 +8,10 @@ with a fake kernel and autograd, and takes ``algo=``:
   (with a warning) to the next one that supports the call; never a wrong answer.
 """
 from fastcnn.ops._dispatch import ALGOS, AUTO_CACHE, BACKENDS  # noqa: F401
+from fastcnn.ops.attention import attention  # noqa: F401
 from fastcnn.ops.conv2d import conv2d  # noqa: F401
 from fastcnn.ops.conv_bn_act import conv_bn_act, fold_bn  # noqa: F401
 from fastcnn.ops.depthwise import depthwise_conv2d  # noqa: F401
 from fastcnn.ops.lrn import local_response_norm  # noqa: F401
 
-__all__ = ["conv2d", "conv_bn_act", "fold_bn", "depthwise_conv2d", "local_response_norm", "ALGOS", "BACKENDS"]
+__all__ = ["attention", "conv2d", "conv_bn_act", "fold_bn", "depthwise_conv2d", "local_response_norm", "ALGOS", "BACKENDS"]

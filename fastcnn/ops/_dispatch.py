@@ -12,6 +12,7 @@ xformers); the dispatcher never runs a backend that gave a reason:
   timed once per call signature (shapes, layouts, dtypes, arguments) and cached in
   memory and on disk, keyed by GPU name and library versions.
 """
+import contextlib
 import json
 import os
 import threading
@@ -68,6 +69,23 @@ def cudnn_reasons(*args) -> list:
 
 def no_reasons(*args) -> list:
     return []
+
+
+_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
+                  torch._C.DispatchKey.AutogradNestedTensor, torch._C.DispatchKey.ADInplaceOrView)
+
+
+@contextlib.contextmanager
+def autograd_inside_op():
+    """Autograd inside a custom op's implementation, for backends whose backward
+    differentiates an ATen composite (SDPA, F.local_response_norm). torch.library
+    runs an implementation with the Autograd dispatch keys excluded, where
+    ``torch.enable_grad()`` alone records nothing; this lifts that exclusion."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        yield
 
 
 def signature(args) -> str:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fastcnn.ops import _cuda_lrn
 from fastcnn.ops._checks import check_tensor
-from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
+from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import lrn as lrn_kernels
 from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
 
@@ -60,7 +60,7 @@ def _aten_forward(x, size, alpha, beta, k, within, save_scale):
 def _aten_backward(dy, x, y, scale, size, alpha, beta, k, within):
     # What PyTorch does today: F.local_response_norm is a composite of ATen ops, so
     # its backward recomputes the forward under autograd.
-    with torch.enable_grad():
+    with autograd_inside_op():
         xx = x.detach().requires_grad_()
         return torch.autograd.grad(F.local_response_norm(xx, size, alpha, beta, k), xx, dy)[0]
 

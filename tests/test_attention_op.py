@@ -1,0 +1,294 @@
+"""fastcnn.ops.attention and fastcnn.nn.MultiheadSelfAttention through the whole op
+stack: SDPA's semantics (masks, causal, scale), autograd, dropout replayed by seed
+across backends, determinism, opcheck, torch.compile, dispatch, errors; the module
+against torch.nn.MultiheadAttention and ``convert``. Kernel-level shape and dtype
+matrices are in test_attention_kernels.py."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastcnn.nn
+from fastcnn import ops
+from fastcnn.nn import MultiheadSelfAttention
+from fastcnn.ops.attention import attention_backward_op, attention_op, keep_mask
+from helpers import DEVICE, DTYPES, assert_close, expanded_grad
+
+ALGOS = ["triton", "reference"]
+
+
+def qkv(b=2, h=3, lq=13, lk=None, d=32, dtype=torch.float32, requires_grad=True):
+    lk = lq if lk is None else lk
+    make = lambda l: torch.randn(b, h, l, d, device=DEVICE, dtype=dtype).requires_grad_(requires_grad)  # noqa: E731
+    return make(lq), make(lk), make(lk)
+
+
+def sdpa64(q, k, v, **kwargs):
+    """(leaves, out): PyTorch's SDPA in float64, the oracle."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    mask = kwargs.pop("attn_mask", None)
+    if mask is not None and mask.is_floating_point():
+        mask = mask.double()
+    return leaves, F.scaled_dot_product_attention(*leaves, attn_mask=mask, **kwargs)
+
+
+def check_grads(out, ref, inputs, leaves, dtype=torch.float32, grad=None):
+    grad = torch.randn(ref.shape, dtype=torch.float64, device=DEVICE) if grad is None else grad
+    got = torch.autograd.grad(out, inputs, grad.to(out.dtype))
+    want = torch.autograd.grad(ref, leaves, grad.double())
+    for g, r, what in zip(got, want, ("dq", "dk", "dv")):
+        assert_close(g, r, dtype, factor=2, what=what)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lq, lk", [(13, 13), (7, 19)])
+def test_forward_backward(algo, causal, lq, lk):
+    q, k, v = qkv(lq=lq, lk=lk)
+    out = ops.attention(q, k, v, causal=causal, algo=algo)
+    leaves, ref = sdpa64(q, k, v, is_causal=causal)
+    assert_close(out, ref, what="out")
+    check_grads(out, ref, (q, k, v), leaves)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dtypes_scale_and_expanded_grad(dtype):
+    q, k, v = qkv(1, 2, 11, d=64, dtype=dtype)
+    out = ops.attention(q, k, v, scale=0.3)
+    assert out.dtype == dtype
+    leaves, ref = sdpa64(q, k, v, scale=0.3)
+    assert_close(out, ref, dtype, what="out")
+    check_grads(out, ref, (q, k, v), leaves, dtype, grad=expanded_grad(ref.shape, torch.float64))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_masks(algo):
+    q, k, v = qkv(2, 3, 9, 12)
+    float_mask = torch.randn(2, 1, 9, 12, device=DEVICE)     # broadcast over heads
+    float_mask[0, 0, 3, :5] = float("-inf")
+    bool_mask = torch.rand(9, 12, device=DEVICE) > 0.3       # broadcast over batch and heads
+    bool_mask[4] = False                                     # a row that attends to nothing
+    for mask in (float_mask, bool_mask):
+        for causal in (False, True):
+            out = ops.attention(q, k, v, attn_mask=mask, causal=causal, algo=algo)
+            leaves, ref = sdpa64(q, k, v, attn_mask=_with_causal(mask, causal))
+            ref = ref.nan_to_num(0.0)  # SDPA's fully masked rows are NaN; ours are 0
+            assert_close(out, ref, what=f"out ({mask.dtype}, causal={causal})")
+    out = ops.attention(q, k, v, attn_mask=float_mask, algo=algo)
+    leaves, ref = sdpa64(q, k, v, attn_mask=float_mask)
+    check_grads(out, ref, (q, k, v), leaves)
+
+
+def _with_causal(mask, causal):
+    if not causal:
+        return mask
+    visible = torch.ones(mask.shape[-2:], dtype=torch.bool, device=mask.device).tril()
+    if mask.dtype == torch.bool:
+        return mask & visible
+    return mask.masked_fill(~visible, float("-inf"))
+
+
+def test_fully_masked_rows_are_zero_with_zero_grads():
+    q, k, v = qkv(1, 1, 4, 6)
+    mask = torch.zeros(4, 6, dtype=torch.bool, device=DEVICE)
+    mask[:2] = True
+    out = ops.attention(q, k, v, attn_mask=mask)
+    assert torch.isfinite(out).all() and (out[:, :, 2:] == 0).all()
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and (q.grad[:, :, 2:] == 0).all()
+
+
+def test_mask_requiring_grad_uses_sdpa_and_differentiates_it():
+    q, k, v = qkv(1, 2, 5)
+    mask = torch.randn(1, 2, 5, 5, device=DEVICE, requires_grad=True)
+    with pytest.warns(UserWarning, match="attn_mask requires grad"):
+        out = ops.attention(q, k, v, attn_mask=mask)
+    out.sum().backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_dropout_is_replayed_by_seed(algo):
+    q, k, v = qkv(1, 2, 10, d=32, dtype=torch.float64)
+    p = 0.3
+    out = ops.attention(q, k, v, dropout_p=p, seed=1234, algo=algo)
+    again = ops.attention(q, k, v, dropout_p=p, seed=1234, algo=algo)
+    other = ops.attention(q, k, v, dropout_p=p, seed=99, algo=algo)
+    assert torch.equal(out, again) and not torch.allclose(out, other)
+    keep = keep_mask(1234, p, q, k)
+    assert 0.5 < keep.float().mean().item() < 0.9
+    # the oracle: softmax, drop with the seed's keep mask, rescale
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    s = leaves[0] @ leaves[1].transpose(-1, -2) / 32 ** 0.5
+    ref = (s.softmax(-1) * keep / (1 - p)) @ leaves[2]
+    assert_close(out, ref, torch.float64, what="out")
+    check_grads(out, ref, (q, k, v), leaves, torch.float64)
+
+
+def test_dropout_forward_and_backward_backends_agree():
+    """auto may send the forward and the backward to different backends: the seed's
+    mask must be the same in both."""
+    q, k, v = qkv(1, 2, 8, dtype=torch.float64)
+    out, lse = attention_op(q, k, v, None, False, 0.2, 0.25, 7, False, True, "triton")
+    do = torch.randn_like(out)
+    grads = [attention_backward_op(do, q, k, v, out, lse, None, False, 0.2, 0.25, 7, False, algo)
+             for algo in ALGOS]
+    for a, b in zip(*grads):
+        assert_close(a, b.double(), torch.float64)
+
+
+def test_deterministic_backward_is_bitwise_repeatable():
+    q, k, v = qkv(2, 2, 21, d=32)
+    runs = []
+    for _ in range(2):
+        out = ops.attention(q, k, v, deterministic=True, algo="triton")
+        runs.append(torch.autograd.grad(out.sum(), (q, k, v)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_empty_batch_and_no_grad_skips_lse():
+    q, k, v = qkv(0, 2, 5)
+    out = ops.attention(q, k, v)
+    assert out.shape == (0, 2, 5, 32)
+    q, k, v = qkv(1, 2, 5, requires_grad=False)
+    out, lse = attention_op(q, k, v, None, False, 0.5, 0.0, 0, False, False, "triton")
+    assert lse.numel() == 0
+
+
+def test_noncontiguous_vit_layout():
+    """q, k, v as ViT produces them: views of one (B, L, 3, H, D) projection."""
+    qkv_ = torch.randn(2, 11, 3, 2, 32, device=DEVICE, requires_grad=True)
+    q, k, v = qkv_.permute(2, 0, 3, 1, 4).unbind(0)
+    assert not q.is_contiguous()
+    out = ops.attention(q, k, v)
+    leaves, ref = sdpa64(q, k, v)
+    assert_close(out, ref, what="out")
+    out.sum().backward()
+    ref.sum().backward()
+    assert_close(qkv_.grad, torch.stack([t.grad for t in leaves]).permute(1, 3, 0, 2, 4), what="grad")
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_opcheck(with_mask):
+    q, k, v = qkv(1, 2, 7, 9)
+    mask = torch.randn(1, 2, 7, 9, device=DEVICE) if with_mask else None
+    torch.library.opcheck(attention_op, (q, k, v, mask, False, 0.25, 0.0, 0, False, True, "triton"))
+    out, lse = attention_op(q, k, v, mask, False, 0.25, 0.0, 0, False, True, "triton")
+    do = torch.randn_like(out)
+    # no double backward: everything but the autograd checks
+    torch.library.opcheck(attention_backward_op, (do, q, k, v, out, lse, mask, False, 0.25, 0.0, 0, False, "triton"),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v = qkv(1, 2, 9)
+    fn = torch.compile(lambda q, k, v: ops.attention(q, k, v, causal=True), fullgraph=True, backend="aot_eager")
+    out = fn(q, k, v)
+    leaves, ref = sdpa64(q, k, v, is_causal=True)
+    assert_close(out, ref)
+    check_grads(out, ref, (q, k, v), leaves)
+
+
+def test_fallback_warns_and_stays_right():
+    q, k, v = qkv(1, 1, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ops.attention(q, k, v, algo="cudnn")  # CPU tensors: cudnn cannot take it
+    assert any("cannot take this call" in str(w.message) for w in caught)
+    assert_close(out, sdpa64(q, k, v)[1])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda q, k, v: ops.attention(q[0], k, v), "'query' must be 4-dimensional"),
+    (lambda q, k, v: ops.attention(q, k.double(), v), "'key' has dtype"),
+    (lambda q, k, v: ops.attention(q, k[..., :16], v), "head_dim"),
+    (lambda q, k, v: ops.attention(q, k, v[:, :, :3]), "sequence length"),
+    (lambda q, k, v: ops.attention(q, k, v, attn_mask=torch.zeros(3, 5, 5)), "does not broadcast"),
+    (lambda q, k, v: ops.attention(q, k, v, dropout_p=1.0), "dropout_p"),
+    (lambda q, k, v: ops.attention(q, k, v, algo="fast"), "algo"),
+])
+def test_errors_name_op_and_argument(call, match):
+    q, k, v = qkv(1, 2, 5, requires_grad=False)
+    with pytest.raises((ValueError, TypeError), match=match) as info:
+        call(q, k, v)
+    assert "fastcnn.attention" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- nn module
+
+def _mha_pair(batch_first=True, dropout=0.0, bias=True):
+    torch_mha = torch.nn.MultiheadAttention(32, 2, dropout=dropout, bias=bias, batch_first=batch_first).to(DEVICE)
+    return torch_mha, MultiheadSelfAttention.from_torch(torch_mha)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("masks", ["none", "padding", "bool2d", "float3d", "causal"])
+def test_mha_matches_torch(batch_first, masks):
+    torch_mha, ours = _mha_pair(batch_first)
+    b, l = 2, 7
+    x = torch.randn((b, l, 32) if batch_first else (l, b, 32), device=DEVICE, requires_grad=True)
+    kwargs = {}
+    if masks == "padding":
+        kwargs["key_padding_mask"] = torch.tensor([[False] * 7, [False] * 4 + [True] * 3], device=DEVICE)
+    elif masks == "bool2d":
+        kwargs["attn_mask"] = torch.rand(l, l, device=DEVICE) > 0.7
+        kwargs["attn_mask"].fill_diagonal_(False)
+    elif masks == "float3d":
+        kwargs["attn_mask"] = torch.randn(b * 2, l, l, device=DEVICE)
+    elif masks == "causal":
+        kwargs.update(attn_mask=torch.nn.Transformer.generate_square_subsequent_mask(l, device=DEVICE),
+                      is_causal=True)
+    out, weights = ours(x, x, x, need_weights=False, **kwargs)
+    ref, _ = torch_mha(x, x, x, need_weights=False, **kwargs)
+    assert weights is None
+    assert_close(out, ref.double(), factor=3, what="out")
+    g_ours = torch.autograd.grad(out.sum(), (x, torch_mha.in_proj_weight))
+    g_ref = torch.autograd.grad(ref.sum(), (x, torch_mha.in_proj_weight))
+    for a, r in zip(g_ours, g_ref):
+        assert_close(a, r.double(), factor=3)
+
+
+def test_mha_cross_attention_and_need_weights_fallback():
+    torch_mha, ours = _mha_pair()
+    q, kv = torch.randn(2, 5, 32, device=DEVICE), torch.randn(2, 9, 32, device=DEVICE)
+    assert_close(ours(q, kv, kv, need_weights=False)[0], torch_mha(q, kv, kv, need_weights=False)[0].double(),
+                 factor=3)
+    out, weights = ours(q, kv, kv)  # torch's default need_weights=True: torch's own forward
+    assert weights.shape == (2, 5, 9)
+    assert "need_weights" in ours.fused_reasons(q, kv, kv, True)[0]
+
+
+def test_mha_state_dict_matches_torch():
+    torch_mha, ours = _mha_pair()
+    assert ours.in_proj_weight is torch_mha.in_proj_weight
+    fresh = MultiheadSelfAttention(32, 2, batch_first=True)
+    assert fresh.state_dict().keys() == torch_mha.state_dict().keys()
+    fresh.load_state_dict(torch_mha.state_dict())
+
+
+def test_convert_swaps_multihead_attention():
+    layer = torch.nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True).to(DEVICE)
+    x = torch.randn(2, 6, 32, device=DEVICE)
+    ref = layer(x)
+    fastcnn.nn.convert(layer)
+    assert type(layer.self_attn) is MultiheadSelfAttention
+    assert_close(layer(x), ref.double(), factor=3)
+
+
+@torch.library.custom_op("fastcnn_test::sdpa_backward", mutates_args=())
+def _sdpa_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[torch.Tensor]:
+    from fastcnn.ops.attention import _cudnn_backward
+    return list(_cudnn_backward(do, q, k, v, None, None, None, True, 0.5, 0.0, 0, False))
+
+
+def test_sdpa_backward_runs_autograd_inside_a_custom_op():
+    """The "cudnn" backward differentiates SDPA inside a custom op, where torch.library
+    has switched autograd off (autograd_inside_op switches it back on)."""
+    q, k, v = qkv(1, 2, 6)
+    do = torch.randn(1, 2, 6, 32, device=DEVICE)
+    got = _sdpa_backward_op(do, q.detach(), k.detach(), v.detach())
+    leaves, ref = sdpa64(q, k, v, is_causal=True, scale=0.5)
+    for g, r in zip(got, torch.autograd.grad(ref, leaves, do.double())):
+        assert_close(g, r)
