@@ -12,6 +12,24 @@ Semantics (``torch.nn.functional.scaled_dot_product_attention``)::
 q is (B, H, Lq, D), k and v (B, H, Lk, D); ``mask`` is an additive float mask already
 expanded to (B, H, Lq, Lk) (stride 0 along broadcast dims). A row whose scores are all
 -inf has o = 0, lse = -inf and zero gradients, never NaN.
+
+Kernel design (FlashAttention-2)
+--------------------------------
+Nothing Lq x Lk is ever stored. The forward gives each program BLOCK_M queries of one
+(batch, head) and streams BLOCK_N keys at a time through an online softmax (running
+max m, running sum l, accumulator rescaled by exp2(m_old - m_new)), accumulating in
+fp32 (fp64 for fp64) with tl.dot on tensor cores; it stores o and lse = m + log(l).
+Causal programs stop at their last query's key (the skipped blocks are fully hidden)
+and mask the diagonal block; the additive mask is read tile by tile through its
+strides, so a mask broadcast with stride 0 costs no copy. The backward recomputes p
+from q, k and lse: a preprocess kernel computes delta = rowsum(do * o), a kernel per
+BLOCK_N keys loops over the queries for dk and dv, and dq is either added with fp32
+atomics from that kernel (fast, order dependent) or computed by a separate kernel per
+BLOCK_M queries looping over the keys (bitwise reproducible). Dropout draws philox
+numbers from (seed, flat index of (b, h, i, j)) in every kernel, so the backward and
+dropout_keep_mask see exactly the forward's mask without storing it. Any head dim up
+to 256 (BLOCK_D = next power of two, masked) and any sequence lengths (masked; keys
+out of range score -inf). Batch and head offsets and every row offset are int64.
 """
 import math
 
@@ -263,7 +281,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     acc_tl, acc_torch = _acc_types(q.dtype)
     o = torch.empty((B, H, Lq, v.shape[3]), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Lq), dtype=acc_torch, device=q.device)
-    if o.numel() == 0 and lse.numel() == 0:
+    if B * H * Lq == 0:
         return o, lse
     if Lk == 0:
         return o.zero_(), lse.fill_(float("-inf"))
@@ -379,6 +397,8 @@ def _attention_dkdv_kernel(
     dq_base = dq_ptr + bh * Lq * D + cols[None, :]
     msk_base = msk_ptr + b * msk_sB + h * msk_sH
 
+    # Query rows past Lq load q = do = 0 (and lse = delta = 0): their p is 1 but dp, ds
+    # and do are 0, so they add nothing to dk, dv, and their dq is masked out.
     dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     # Causal: queries before this block's first key see none of it.
