@@ -246,6 +246,29 @@ def test_runner_end_to_end_on_cpu_with_a_fake_timer(tmp_path, monkeypatch):
     assert os.path.exists(paths["markdown"])
 
 
+def test_attention_suite_cases_and_callables_on_cpu(monkeypatch):
+    """The attention suite's shapes (ViT and long sequences), FLOP counts, and its
+    callables run (forward+backward) on a tiny shape with the CPU's backends."""
+    from fastcnn.bench import attention as suite
+    from fastcnn.triton_kernels.attention import flops
+    cfg = BenchConfig(dtypes=("fp32",), backward=True, device="cpu")
+    all_cases = list(cases(cfg, ["attention"]))
+    groups = [c.group for c in all_cases]
+    assert "attention/vit_b_16/fp32/b64/fwd" in groups and "attention/vit_l_16@384/fp32/b256/fwd+bwd" in groups
+    assert "attention/seq16384_d128_causal/fp32/b1/fwd" in groups
+    vit = all_cases[0]
+    assert vit.flops == flops(64, 12, 197, 197, 64, False) == 4 * 64 * 12 * 197 * 197 * 64
+    monkeypatch.setattr(suite, "VIT_SHAPES", [("tiny", 2, 32, 9)])
+    monkeypatch.setattr(suite, "LONG_SEQUENCES", ())
+    tiny = list(cases(BenchConfig(dtypes=("fp32",), batches=(2,), backward=True, device="cpu"), ["attention"]))
+    assert [c.group for c in tiny] == ["attention/tiny/fp32/b2/fwd", "attention/tiny/fp32/b2/fwd+bwd"]
+    for case in tiny:
+        fns = case.make()
+        assert {"cudnn", "triton", "auto"} <= set(fns)
+        for fn in fns.values():
+            fn()
+
+
 def test_model_name_resolution():
     from fastcnn.bench.suites import resolve_model
     registered = ["vit_b16", "resnet50", "mobilenetv2"]
