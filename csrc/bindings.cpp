@@ -348,6 +348,114 @@ void depthwise_weight_grad(const Strides& geom, std::uintptr_t dy, const Strides
 
 }  // namespace
 
+// ---- winograd.cu (declared here rather than in common.cuh's entry-point section)
+namespace fastcnn {
+// Winograd F(m x m, 3 x 3), m = 2 or 4; fp32 / fp16 / bf16 (fp32 accumulation).
+// winograd_filter_transform: u (alpha^2, k, c) dense, alpha = m + 2, from the 3x3
+// filter w (k, c, 3, 3) addressed through w_stride (4 element strides); `flip` reads
+// the taps rotated by 180 degrees.  u is fp32 for fp32, else the dtype itself.
+cudaError_t winograd_filter_transform(index_t k, index_t c, int m, bool flip, const void* weight,
+                                      const index_t* w_stride, void* u, int dtype,
+                                      cudaStream_t stream);
+// winograd_conv2d_forward: y = act(conv3x3(x, w) + bias + residual) with stride 1,
+// padding (ph, pw), oh = h + 2 ph - 2, ow = w + 2 pw - 2, from u of the filter
+// transform.  v_work: alpha^2 * c * P elements of u's type, m_work: alpha^2 * k * P
+// floats, P = n * ceil(oh / m) * ceil(ow / m).  bias / residual nullable; activation
+// 0..4 = none, relu, relu6, silu, gelu.
+cudaError_t winograd_conv2d_forward(index_t n, index_t c, index_t h, index_t w, index_t k, int ph,
+                                    int pw, index_t oh, index_t ow, int m, const void* x,
+                                    const index_t* x_stride, const void* u, const void* bias,
+                                    index_t bias_stride, const void* residual,
+                                    const index_t* residual_stride, int activation, void* y,
+                                    const index_t* y_stride, void* v_work, void* m_work, int dtype,
+                                    cudaStream_t stream);
+}  // namespace fastcnn
+
+namespace {
+
+void check_winograd_common(const char* op, int m, int dtype) {
+  if (m != 2 && m != 4) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": m (output tile) must be 2 or 4, got " +
+                          std::to_string(m));
+  }
+  if (dtype != fastcnn::kFloat32 && dtype != fastcnn::kFloat16 && dtype != fastcnn::kBFloat16) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": unsupported dtype code " +
+                          std::to_string(dtype) + " (expected DTYPE_FLOAT32, _FLOAT16 or _BFLOAT16)");
+  }
+}
+
+void winograd_filter_transform(std::int64_t k, std::int64_t c, int m, bool flip,
+                               std::uintptr_t weight, const Strides& w_stride, std::uintptr_t u,
+                               int dtype, std::uintptr_t stream) {
+  const char* op = "winograd_filter_transform";
+  check_winograd_common(op, m, dtype);
+  if (k < 0 || c < 0) throw py::value_error(std::string("fastcnn._C.") + op + ": sizes must be >= 0");
+  check_lrn_args(op, 0, 0, 0, 0, 1, dtype, {{"w_stride", &w_stride}});
+  if (k * c > 0 && (weight == 0 || u == 0)) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": weight and u must be non-null device pointers");
+  }
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::winograd_filter_transform(k, c, m, flip, reinterpret_cast<const void*>(weight),
+                                             w_stride.data(), reinterpret_cast<void*>(u), dtype,
+                                             as_stream(stream));
+  }
+  check_status(op, err);
+}
+
+// geometry: [n, c, h, w, k, ph, pw, oh, ow]
+void winograd_conv2d_forward(const Strides& geom, int m, std::uintptr_t x, const Strides& x_stride,
+                             std::uintptr_t u, std::uintptr_t bias, std::int64_t bias_stride,
+                             std::uintptr_t residual, const Strides& residual_stride,
+                             int activation, std::uintptr_t y, const Strides& y_stride,
+                             std::uintptr_t v_work, std::uintptr_t m_work, int dtype,
+                             std::uintptr_t stream) {
+  const char* op = "winograd_conv2d_forward";
+  check_winograd_common(op, m, dtype);
+  if (geom.size() != 9) {
+    throw py::value_error(std::string("fastcnn._C.") + op +
+                          ": geometry must be [n, c, h, w, k, ph, pw, oh, ow], got " +
+                          std::to_string(geom.size()) + " values");
+  }
+  for (std::size_t i = 0; i < geom.size(); ++i) {
+    if (geom[i] < 0 || ((i == 5 || i == 6) && geom[i] > 0x7fffffffLL)) {
+      throw py::value_error(std::string("fastcnn._C.") + op + ": geometry value " +
+                            std::to_string(i) + " out of range: " + std::to_string(geom[i]));
+    }
+  }
+  if (geom[7] != geom[2] + 2 * geom[5] - 2 || geom[8] != geom[3] + 2 * geom[6] - 2) {
+    throw py::value_error(std::string("fastcnn._C.") + op +
+                          ": oh, ow must be h + 2 ph - 2, w + 2 pw - 2 (3x3, stride 1)");
+  }
+  if (activation < 0 || activation > 4) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": activation code must be 0..4, got " +
+                          std::to_string(activation));
+  }
+  check_lrn_args(op, 0, 0, 0, 0, 1, dtype, {{"x_stride", &x_stride}, {"y_stride", &y_stride}});
+  if (residual != 0) check_lrn_args(op, 0, 0, 0, 0, 1, dtype, {{"residual_stride", &residual_stride}});
+  const bool work = geom[0] > 0 && geom[4] > 0 && geom[7] > 0 && geom[8] > 0;
+  if (work && (y == 0 || m_work == 0 || (geom[1] > 0 && (x == 0 || u == 0 || v_work == 0)))) {
+    throw py::value_error(std::string("fastcnn._C.") + op +
+                          ": x, u, y and the workspaces must be non-null device pointers");
+  }
+  cudaError_t err;
+  {
+    py::gil_scoped_release nogil;
+    err = fastcnn::winograd_conv2d_forward(
+        geom[0], geom[1], geom[2], geom[3], geom[4], static_cast<int>(geom[5]),
+        static_cast<int>(geom[6]), geom[7], geom[8], m, reinterpret_cast<const void*>(x),
+        x_stride.data(), reinterpret_cast<const void*>(u), reinterpret_cast<const void*>(bias),
+        bias_stride, reinterpret_cast<const void*>(residual),
+        residual != 0 ? residual_stride.data() : nullptr, activation, reinterpret_cast<void*>(y),
+        y_stride.data(), reinterpret_cast<void*>(v_work), reinterpret_cast<void*>(m_work), dtype,
+        as_stream(stream));
+  }
+  check_status(op, err);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() =
       "fastcnn._C: fastcnn's CUDA kernels.  Functions take raw device pointers (ints), sizes "
@@ -396,6 +504,22 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dw_stride"), py::arg("dtype"), py::arg("stream") = 0,
         "Depthwise convolution weight gradient (asynchronous, deterministic), geometry as in the "
         "forward.");
+  m.def("winograd_filter_transform", &winograd_filter_transform, py::arg("k"), py::arg("c"),
+        py::arg("m"), py::arg("flip"), py::arg("weight"), py::arg("w_stride"), py::arg("u"),
+        py::arg("dtype"), py::arg("stream") = 0,
+        "Winograd F(m x m, 3 x 3) filter transform (asynchronous): u (alpha^2, k, c) dense, alpha "
+        "= m + 2, from weight (k, c, 3, 3) with 4 element strides; flip rotates the taps by 180 "
+        "degrees.  u is float32 for DTYPE_FLOAT32, else of the dtype.");
+  m.def("winograd_conv2d_forward", &winograd_conv2d_forward, py::arg("geometry"), py::arg("m"),
+        py::arg("x"), py::arg("x_stride"), py::arg("u"), py::arg("bias"), py::arg("bias_stride"),
+        py::arg("residual"), py::arg("residual_stride"), py::arg("activation"), py::arg("y"),
+        py::arg("y_stride"), py::arg("v_workspace"), py::arg("m_workspace"), py::arg("dtype"),
+        py::arg("stream") = 0,
+        "Winograd 3x3 stride-1 convolution (asynchronous): y = act(conv(x) + bias + residual) "
+        "from the filter transform u.  geometry: [n, c, h, w, k, ph, pw, oh, ow]; bias / "
+        "residual may be 0; activation 0..4 = none, relu, relu6, silu, gelu; v_workspace: "
+        "(m+2)^2 * c * P elements of u's type, m_workspace: (m+2)^2 * k * P float32, P = n * "
+        "ceil(oh/m) * ceil(ow/m).");
   m.def("available", &available,
         "(ok, reason): whether a CUDA device this build has code for is present; reason is a "
         "sentence saying why not (no driver, no device, no kernel image) or None.");

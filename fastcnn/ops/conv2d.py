@@ -130,13 +130,39 @@ weight_grad_dispatch.register("triton", _triton_weight_grad, triton_reasons)
 weight_grad_dispatch.register("cudnn", _cudnn_weight_grad, cudnn_reasons)
 weight_grad_dispatch.register("reference", _no_cudnn(reference.conv2d_weight_grad))
 
-# "cuda": fastcnn._C's depthwise kernels (csrc/depthwise.cu), for depthwise
-# configurations only; every other call is refused with a reason.
-from fastcnn.ops import _cuda_depthwise  # noqa: E402
+# "cuda": fastcnn._C's kernels. A call goes to the depthwise kernels
+# (csrc/depthwise.cu) when they take it, else to Winograd (csrc/winograd.cu: 3x3,
+# stride 1, groups 1; no weight gradient); otherwise it is refused with the reasons
+# of both, and the dispatcher falls back.
+from fastcnn.ops import _cuda_depthwise, _cuda_winograd  # noqa: E402
 
-forward_dispatch.register("cuda", _cuda_depthwise.forward, _cuda_depthwise.forward_reasons)
-input_grad_dispatch.register("cuda", _cuda_depthwise.input_grad, _cuda_depthwise.input_grad_reasons)
-weight_grad_dispatch.register("cuda", _cuda_depthwise.weight_grad, _cuda_depthwise.weight_grad_reasons)
+
+def _first_taker(*kernels):
+    """(run, reasons) of a backend made of (run, reasons) pairs tried in order."""
+    def reasons(*args):
+        out = []
+        for _, why in kernels:
+            r = why(*args)
+            if not r:
+                return []
+            out += [x for x in r if x not in out]
+        return out
+
+    def run(*args):
+        for fn, why in kernels:
+            if not why(*args):
+                return fn(*args)
+        raise RuntimeError(f"{OP}: the CUDA backend cannot take this call: {'; '.join(reasons(*args))}")
+    return run, reasons
+
+
+_dw, _wino = _cuda_depthwise, _cuda_winograd
+forward_dispatch.register("cuda", *_first_taker((_dw.forward, _dw.forward_reasons),
+                                                (_wino.forward, _wino.forward_reasons)))
+input_grad_dispatch.register("cuda", *_first_taker((_dw.input_grad, _dw.input_grad_reasons),
+                                                   (_wino.input_grad, _wino.input_grad_reasons)))
+weight_grad_dispatch.register("cuda", *_first_taker((_dw.weight_grad, _dw.weight_grad_reasons),
+                                                    (_wino.weight_grad, _wino.weight_grad_reasons)))
 
 
 def _in_layout(t, like):
