@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from fastcnn.nn.layernorm import LayerNorm
-from fastcnn.ops import layer_norm as ln_ops
 from fastcnn.ops.layer_norm import layer_norm, layer_norm_backward_op, layer_norm_op
 from fastcnn.triton_kernels import layernorm as ln_kernels
 from helpers import DEVICE, DTYPES, ON_GPU, assert_close, expanded_grad, rel_error
