@@ -10,8 +10,8 @@ triton_kernels/winograd.py (``WINOGRAD_REL_ERROR_BOUND``): fp32 uses F(4x4,3x3)
 (bound 5e-6, ~7x direct fp32 and still far below TF32's error; 4x fewer
 multiplications than direct); fp16 / bf16 use F(2x2,3x3): in fp16 F(4x4) is bounded
 by 1.2e-2 against 2.5e-3 for F(2x2) (direct: 3.6e-4), and its input transform (entries
-up to 5, sums of 36 taps) can overflow fp16 for |x| above a few hundred; bf16 has 8x
-fp16's rounding unit. ``variant=`` overrides the choice.
+up to 5: values grow up to 100x, F(2x2)'s 4x) overflows fp16 from |x| ~ 650; bf16
+has 8x fp16's rounding unit. ``variant=`` overrides the choice.
 
 The input gradient is a Winograd convolution of dy with the 180-degree rotated,
 channel-transposed filter and padding 2 - p (0 <= p <= 2); the filter transform reads
