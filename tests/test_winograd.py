@@ -470,7 +470,7 @@ def test_gpu_fused_bias_residual_activation(dtype, activation):
 @pytest.mark.gpu
 def test_gpu_conv2d_op_routes_3x3_to_winograd_and_depthwise_unchanged(monkeypatch):
     calls, run = [], cw._run
-    monkeypatch.setattr(cw, "_run", lambda *a: (calls.append(a[3]), run(*a))[1])
+    monkeypatch.setattr(cw, "_run", lambda *a: (calls.append(a[4]), run(*a))[1])
     x = make_input((2, 8, 9, 9), torch.float16, requires_grad=True)
     wt = (torch.randn(8, 8, 3, 3, device="cuda") / 3).half().requires_grad_()
     with warnings.catch_warnings(record=True) as caught:
