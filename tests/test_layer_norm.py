@@ -354,3 +354,15 @@ def test_gpu_vit_sizes(algo, dtype, n, residual):
     for what, ours, tgt, pt in (("y", y, ref, theirs), ("dx", got[0], want[0], their_grads[0]),
                                 ("dw", got[1], want[1], their_grads[1]), ("db", got[2], want[2], their_grads[2])):
         assert rel_error(ours, tgt) <= 2 * rel_error(pt, tgt) + floor, f"{algo} {what}"
+
+
+def test_autocast_runs_in_the_input_dtype():
+    """Documented choice: under autocast nothing is cast (PyTorch would compute in
+    fp32); the input's dtype is kept, with fp32 statistics."""
+    x = torch.randn(4, 37, device=DEVICE).half()
+    w, b = _param(37), _param(37)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        y = layer_norm(x, 37, w, b)
+        y32 = layer_norm(x.float(), 37, w, b)
+    assert (y.dtype, y32.dtype) == (torch.float16, torch.float32)
+    assert_close(y, reference64(x, (37,), w, b)[1], torch.float16)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from fastcnn.triton_kernels._common import ACTIVATIONS, activation_grad, apply_activation, interpret_mode
-from fastcnn.triton_kernels.layernorm import as_rows
+from fastcnn.triton_kernels.layernorm import as_rows, reduction_programs
 
 # _common's activation codes plus the tanh-approximated GELU, handled here.
 BIAS_ACTIVATIONS = dict(ACTIVATIONS, gelu_tanh=5)
@@ -228,13 +228,7 @@ def bias_act_backward(dy, x, bias=None, activation="gelu", bias_grad=True):
     want_db = bias is not None and bias_grad
     rows = x.numel() // n if n else 0
     block_m, block_n, warps = _tiles(n)
-    programs = per_prog = 0
-    if rows:
-        tiles = triton.cdiv(rows, block_m)
-        cap = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 3
-        cap = max(1, cap // triton.cdiv(n, block_n))  # the column tiles multiply the programs
-        per_prog = triton.cdiv(tiles, min(tiles, cap)) * block_m
-        programs = triton.cdiv(rows, per_prog)
+    programs, per_prog = reduction_programs(rows, block_m, x.device, triton.cdiv(n, block_n)) if rows else (0, 1)
     pdb = torch.empty((programs, n), dtype=ct, device=x.device) if want_db else x.new_empty((0,), dtype=ct)
     if rows:
         dy3, x3 = as_rows(dy, n), as_rows(x, n)

@@ -33,6 +33,8 @@ then summed by torch in a fixed order: deterministic, no atomics.
 
 All offsets are 64-bit. Outputs are rounded once when stored.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -338,13 +340,19 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5, residual=None, block
     return y, s, mean, rstd
 
 
-def _num_programs(rows, block_m, device):
-    """How many programs share the rows of a reduction (each gets whole row tiles)."""
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def reduction_programs(rows, block_m, device, column_tiles=1):
+    """(P, rows per program) for a backward whose programs each sum a chunk of whole
+    row tiles: about 4 programs per SM on the GPU (a few under the interpreter, so
+    the tests see several programs with several row tiles each)."""
     tiles = triton.cdiv(rows, block_m)
-    if device.type == "cuda":
-        cap = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        cap = 3  # the interpreter: a few programs, each with several row tiles
+    cap = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 3
+    cap = max(1, cap // column_tiles)  # column tiles multiply the programs
     per_prog = triton.cdiv(tiles, min(tiles, cap)) * block_m
     return triton.cdiv(rows, per_prog), per_prog
 
@@ -360,7 +368,7 @@ def layer_norm_backward(dy, h, weight, mean, rstd, dsum=None, weight_grad=True, 
     want_dw = weight is not None and weight_grad
     rows = h.numel() // n if n else 0
     single, block_m, block_n, warps = _tiles(n, block_n)
-    programs, per_prog = _num_programs(rows, block_m, h.device) if rows else (0, 1)
+    programs, per_prog = reduction_programs(rows, block_m, h.device) if rows else (0, 1)
     alloc = torch.empty if single else torch.zeros
     pdw = alloc((programs, n), dtype=sdt, device=h.device) if want_dw else mean.new_empty((0,))
     pdb = alloc((programs, n), dtype=sdt, device=h.device) if bias_grad else mean.new_empty((0,))
