@@ -390,6 +390,17 @@ def test_filter_cache_keys_on_weight_version_dtype_variant_and_flip():
     assert len(fn.calls) == 6
 
 
+def test_filter_cache_does_not_cache_inference_tensors():
+    fn = _CountingTransform()
+    cache = cw.FilterTransformCache(fn)
+    with torch.inference_mode():
+        w = torch.randn(4, 3, 3, 3)
+        u = cache.get(w, "F2x2_3x3")
+        w.mul_(2)  # in place without a version counter
+        torch.testing.assert_close(cache.get(w, "F2x2_3x3"), 2 * u)
+    assert len(fn.calls) == 2 and len(cache) == 0
+
+
 def test_filter_cache_holds_the_weight_storage_and_evicts_lru():
     fn = _CountingTransform()
     cache = cw.FilterTransformCache(fn, size=2)

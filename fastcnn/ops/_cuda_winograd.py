@@ -113,7 +113,9 @@ class FilterTransformCache:
     weight is transformed once until it changes in place (which bumps ``_version``).
     An entry holds an alias of the weight (``detach()``: same storage and version
     counter, no autograd graph), so the address cannot be freed and reused by another
-    tensor while the entry lives. At most ``size`` entries; the least recently used go."""
+    tensor while the entry lives. At most ``size`` entries; the least recently used go.
+    Inference tensors (no version counter) are not cached. Caveat: a write through
+    ``w.data`` bypasses the version counter; call ``FILTER_CACHE.clear()`` after one."""
 
     def __init__(self, compute, size=64):
         self.compute = compute
@@ -127,6 +129,9 @@ class FilterTransformCache:
                 tuple(w.stride()))
 
     def get(self, w, variant, flip=False):
+        if w.is_inference():  # no version counter: an in-place change could not be seen
+            self.misses += 1
+            return self.compute(w, variant, flip)
         key = self.key(w, variant, flip)
         entry = self._entries.get(key)
         if entry is not None:
