@@ -136,3 +136,40 @@ def test_fuse_false_only_swaps():
 def test_local_response_norm_is_swapped():
     model = fnn.convert(tnn.Sequential(tnn.Conv2d(3, 8, 3), tnn.ReLU(), tnn.LocalResponseNorm(5, 1e-3, 0.75, 2.0)))
     assert type(model[2]) is fnn.LocalResponseNorm and model[2].size == 5 and model[2].k == 2.0
+
+
+class PlainViTBlock(tnn.Module):
+    """A pre-norm transformer block in plain torch (timm / torchvision style)."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.norm1 = tnn.LayerNorm(dim, eps=1e-6)
+        self.attn = tnn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = tnn.LayerNorm(dim, eps=1e-6)
+        self.mlp = tnn.Sequential(tnn.Linear(dim, 4 * dim), tnn.GELU(approximate="tanh"), tnn.Dropout(0.0),
+                                  tnn.Linear(4 * dim, dim))
+        self.head = tnn.Linear(dim, 5)
+        self.act = tnn.SiLU()
+
+    def forward(self, x):
+        y = self.norm1(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        x = x + self.mlp(self.norm2(x))
+        return self.act(self.head(x))
+
+
+def test_transformer_modules_are_swapped_and_linear_activation_fused():
+    model = PlainViTBlock().to(DEVICE)
+    x = torch.randn(2, 7, 32, device=DEVICE)
+    ref = copy.deepcopy(model)
+    keys = model.state_dict().keys()
+    fnn.convert(model, algo="triton")
+    assert type(model.norm1) is fnn.LayerNorm and type(model.attn) is fnn.MultiheadSelfAttention
+    assert (type(model.mlp[0]), model.mlp[0].activation, model.mlp[0].algo) == (fnn.Linear, "gelu_tanh", "triton")
+    assert model.head.activation == "silu" and type(model.mlp[3]) is tnn.Linear  # nothing to fuse there
+    assert model.state_dict().keys() == keys
+    out, want = model(x), ref(x)
+    assert_close(out, want.double(), factor=3)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), list(model.parameters())),
+                    torch.autograd.grad(want.square().sum(), list(ref.parameters()))):
+        assert_close(a, b.double(), factor=3)

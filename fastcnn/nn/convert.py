@@ -1,12 +1,13 @@
 """fastcnn.nn.convert(model): put fastcnn's modules into an existing torch model.
 
-1. Every torch.nn.Conv2d becomes a fastcnn.nn.Conv2d sharing its parameters, and
-   every torch.nn.LocalResponseNorm a fastcnn.nn.LocalResponseNorm.
+1. Every torch.nn.Conv2d, LocalResponseNorm, LayerNorm and MultiheadAttention
+   becomes its fastcnn.nn twin sharing its parameters (see SWAPS).
 2. Conv2d -> BatchNorm2d [-> + residual] [-> activation] chains are fused into one
-   fastcnn op. Fusion follows dataflow, not attribute order: each module's forward
-   is traced with torch.fx (its children kept as leaves), and a chain is fused only
-   when every intermediate value has a single user and the conv and BatchNorm are
-   each called once. The module then runs the rewritten graph (its class, attributes
+   fastcnn op, and Linear -> activation (GELU, ReLU, ReLU6, SiLU) into
+   fastcnn.nn.Linear(activation=...). Fusion follows dataflow, not attribute order:
+   each module's forward is traced with torch.fx (its children kept as leaves), and
+   a chain is fused only when every intermediate value has a single user and each
+   module of it is called once. The module then runs the rewritten graph (its class, attributes
    and state_dict keys stay as they were). A module that cannot be traced keeps its
    forward; its children are still converted.
 """
@@ -19,7 +20,10 @@ import torch.nn.functional as F
 from fastcnn.nn.attention import MultiheadSelfAttention
 from fastcnn.nn.conv import Conv2d
 from fastcnn.nn.fused import ConvBNAct, FusedConv2dBN
+from fastcnn.nn.layernorm import LayerNorm
+from fastcnn.nn.linear import Linear
 from fastcnn.nn.lrn import LocalResponseNorm
+from fastcnn.triton_kernels._common import ACTIVATIONS
 
 ACT_MODULES = {torch.nn.ReLU: "relu", torch.nn.ReLU6: "relu6", torch.nn.SiLU: "silu"}
 ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.silu: "silu",
@@ -29,7 +33,7 @@ ADD_FUNCTIONS = (operator.add, torch.add, operator.iadd)
 FASTCNN_MODULES = (Conv2d, ConvBNAct)
 # torch.nn type -> its fastcnn twin (a from_torch(module, algo=) builder sharing state)
 SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.LocalResponseNorm: LocalResponseNorm,
-         torch.nn.MultiheadAttention: MultiheadSelfAttention}
+         torch.nn.MultiheadAttention: MultiheadSelfAttention, torch.nn.LayerNorm: LayerNorm}
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):
@@ -44,7 +48,7 @@ def convert(model: torch.nn.Module, fuse: bool = True, algo: str = "auto") -> to
     if fuse:
         for module in list(model.modules()):
             if module.__class__ not in FASTCNN_MODULES and not isinstance(module, FusedConv2dBN):
-                _fuse_children(module)
+                _fuse_children(module, algo)
     return model
 
 
@@ -61,12 +65,12 @@ def _swap_modules(module, algo):
 def _activation_of(node, modules):
     if node.op == "call_module":
         m = modules[node.target]
-        if type(m) is torch.nn.GELU and m.approximate == "none":
-            return "gelu"
+        if type(m) is torch.nn.GELU:
+            return {"none": "gelu", "tanh": "gelu_tanh"}.get(m.approximate)
         return ACT_MODULES.get(type(m))
     if node.op == "call_function" and node.target in ACT_FUNCTIONS:
-        if node.target is torch.nn.functional.gelu and node.kwargs.get("approximate", "none") != "none":
-            return None
+        if node.target is torch.nn.functional.gelu:
+            return {"none": "gelu", "tanh": "gelu_tanh"}.get(node.kwargs.get("approximate", "none"))
         return ACT_FUNCTIONS[node.target]
     if node.op == "call_method" and node.target in ACT_METHODS:
         return ACT_METHODS[node.target]
@@ -77,10 +81,11 @@ def _single_user(node):
     return len(node.users) == 1 and next(iter(node.users))
 
 
-def _fuse_children(module):
+def _fuse_children(module, algo):
     # A module already rewritten must not be traced again: fx traces the class's
     # forward, which would apply the BatchNorm a second time.
-    if getattr(module, "_fastcnn_fused", False) or not any(type(c) is Conv2d for c in module.children()):
+    if getattr(module, "_fastcnn_fused", False) or not any(type(c) in (Conv2d, torch.nn.Linear)
+                                                           for c in module.children()):
         return
     try:
         graph = _ChildrenAsLeaves().trace(module)
@@ -92,38 +97,61 @@ def _fuse_children(module):
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     fused_any = False
-    for conv_node in list(graph.nodes):
-        if conv_node.op != "call_module" or type(modules.get(conv_node.target)) is not Conv2d:
+    for node in list(graph.nodes):
+        if node.op != "call_module" or calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
             continue
-        bn_node = _single_user(conv_node)
-        if (not bn_node or bn_node.op != "call_module" or len(bn_node.args) != 1 or bn_node.kwargs
-                or type(modules[bn_node.target]) is not torch.nn.BatchNorm2d
-                or calls[conv_node.target] != 1 or calls[bn_node.target] != 1
-                or len(conv_node.args) != 1 or conv_node.kwargs):
-            continue
-        chain, residual, activation = [conv_node, bn_node], None, "none"
-        nxt = _single_user(bn_node)
-        if (nxt and nxt.op == "call_function" and nxt.target in ADD_FUNCTIONS and len(nxt.args) == 2
-                and not nxt.kwargs and isinstance(nxt.args[1 - nxt.args.index(bn_node)], torch.fx.Node)):
-            residual = nxt.args[1 - nxt.args.index(bn_node)]
-            chain.append(nxt)
-            nxt = _single_user(nxt)
-        if nxt and _activation_of(nxt, modules) and len(nxt.args) == 1:
-            activation = _activation_of(nxt, modules)
-            chain.append(nxt)
-        conv = modules[conv_node.target]
-        fused = FusedConv2dBN.from_torch(conv, algo=conv.algo).fuse(modules[bn_node.target], activation)
-        setattr(module, conv_node.target, fused)
-        with graph.inserting_before(chain[-1]):
-            args = (conv_node.args[0],) if residual is None else (conv_node.args[0], residual)
-            new = graph.call_module(conv_node.target, args)
-        chain[-1].replace_all_uses_with(new)
-        for node in reversed(chain):
-            graph.erase_node(node)
-        fused_any = True
+        kind = type(modules.get(node.target))
+        if kind is Conv2d:
+            fused_any |= _fuse_conv_bn_act(module, graph, modules, calls, node)
+        elif kind is torch.nn.Linear:
+            fused_any |= _fuse_linear_act(module, graph, modules, node, algo)
     if fused_any:
         graph.lint()
         gm = torch.fx.GraphModule(module, graph, class_name=type(module).__name__)
         module.forward = gm.forward  # the module keeps its class, attributes and state_dict
         module._fastcnn_fused = True
 
+
+def _replace_chain(module, graph, chain, target, fused, args):
+    """Put ``fused`` at ``target`` and call it with ``args`` in place of ``chain``."""
+    setattr(module, target, fused)
+    with graph.inserting_before(chain[-1]):
+        new = graph.call_module(target, args)
+    chain[-1].replace_all_uses_with(new)
+    for node in reversed(chain):
+        graph.erase_node(node)
+    return True
+
+
+def _fuse_conv_bn_act(module, graph, modules, calls, conv_node):
+    """Conv2d -> BatchNorm2d [-> + residual] [-> activation] into FusedConv2dBN."""
+    bn_node = _single_user(conv_node)
+    if (not bn_node or bn_node.op != "call_module" or len(bn_node.args) != 1 or bn_node.kwargs
+            or type(modules[bn_node.target]) is not torch.nn.BatchNorm2d or calls[bn_node.target] != 1):
+        return False
+    chain, residual, activation = [conv_node, bn_node], None, "none"
+    nxt = _single_user(bn_node)
+    if (nxt and nxt.op == "call_function" and nxt.target in ADD_FUNCTIONS and len(nxt.args) == 2
+            and not nxt.kwargs and isinstance(nxt.args[1 - nxt.args.index(bn_node)], torch.fx.Node)):
+        residual = nxt.args[1 - nxt.args.index(bn_node)]
+        chain.append(nxt)
+        nxt = _single_user(nxt)
+    if nxt and _activation_of(nxt, modules) in ACTIVATIONS and len(nxt.args) == 1:
+        activation = _activation_of(nxt, modules)
+        chain.append(nxt)
+    conv = modules[conv_node.target]
+    fused = FusedConv2dBN.from_torch(conv, algo=conv.algo).fuse(modules[bn_node.target], activation)
+    args = (conv_node.args[0],) if residual is None else (conv_node.args[0], residual)
+    return _replace_chain(module, graph, chain, conv_node.target, fused, args)
+
+
+def _fuse_linear_act(module, graph, modules, linear_node, algo):
+    """Linear -> activation into fastcnn.nn.Linear(activation=): bias + activation
+    in one pass after the matmul."""
+    act_node = _single_user(linear_node)
+    activation = act_node and _activation_of(act_node, modules)
+    if not activation or len(act_node.args) != 1:
+        return False
+    linear = modules[linear_node.target]
+    fused = Linear.from_torch(linear, activation=activation, algo=algo)
+    return _replace_chain(module, graph, [linear_node, act_node], linear_node.target, fused, linear_node.args)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fastcnn.ops._checks import check_tensor
-from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
+from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import bias_act as ba_kernels
 
 OP = "fastcnn.bias_act"
@@ -50,7 +50,7 @@ def _aten_forward(x, bias, activation):
 
 
 def _aten_backward(dy, x, bias, activation, bias_grad):
-    with torch.enable_grad():
+    with autograd_inside_op():
         xx = x.detach().requires_grad_()
         (dx,) = torch.autograd.grad(_aten_forward(xx, bias, activation), xx, dy)
     db = dx.to(ba_kernels.compute_dtype(x.dtype)).sum(tuple(range(x.dim() - 1)))
