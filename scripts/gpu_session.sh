@@ -2,12 +2,13 @@
 # What one lent GPU session runs, in two device calls of at most 10 minutes each:
 #
 #   bash scripts/gpu_session.sh tests   # build, every test on CUDA, compute-sanitizer
-#   bash scripts/gpu_session.sh bench   # pytest-benchmark suites + fastcnn bench report
+#   bash scripts/gpu_session.sh bench   # fastcnn bench report: conv2d, conv-BN-ReLU, models
+#   bash scripts/gpu_session.sh bench2  # fastcnn bench report: attention, depthwise, LRN
 #
 # Everything lands in $OUT (the device tool brings it back); commit the raw results
 # under benchmarks/results/ with the GPU name, versions and date they carry.
 set -u
-stage=${1:?usage: gpu_session.sh tests|bench}
+stage=${1:?usage: gpu_session.sh tests|bench|bench2}
 OUT=${OUT:-/tmp/fastcnn-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -21,13 +22,18 @@ case "$stage" in
 tests)
   # On a GPU, tests/conftest.py leaves the interpreter off: every test runs the real
   # kernels on CUDA, and the gpu-marked ones run at real layer sizes.
-  FASTCNN_REQUIRE_EXT=1 timeout 420 python3 -m pytest tests -q -x -p no:cacheprovider \
+  FASTCNN_REQUIRE_EXT=1 timeout 330 python3 -m pytest tests -q -x -p no:cacheprovider \
     --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
   echo "tests exit $?"; tail -5 "$OUT/tests.log"
+  # The CUDA kernels (csrc/) under compute-sanitizer, at the GPU tests' small sizes.
   for tool in memcheck racecheck; do
-    timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    timeout 55 compute-sanitizer --tool "$tool" --error-exitcode 9 \
       python3 -m pytest tests/test_ext.py -q -m gpu -p no:cacheprovider > "$OUT/sanitizer-$tool.log" 2>&1
     echo "compute-sanitizer $tool exit $?"; tail -3 "$OUT/sanitizer-$tool.log"
+    timeout 55 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      python3 -m pytest tests/test_winograd.py -q -m gpu -k "nchw or fused or chunks or zero_input" \
+      -p no:cacheprovider > "$OUT/sanitizer-winograd-$tool.log" 2>&1
+    echo "compute-sanitizer winograd $tool exit $?"; tail -3 "$OUT/sanitizer-winograd-$tool.log"
   done
   ;;
 bench)
@@ -36,6 +42,12 @@ bench)
   rm -f "$OUT/install-$stage.log"
   timeout 540 fastcnn bench --ops conv2d conv_bn_relu --models --dtypes bf16 --batch 32 \
     --out "$OUT/report" > "$OUT/report.log" 2>&1
+  echo "fastcnn bench exit $?"; tail -25 "$OUT/report.log"
+  ;;
+bench2)
+  rm -f "$OUT/install-$stage.log"
+  timeout 540 fastcnn bench --ops attention depthwise lrn --models vit_b_16 mixer_b16 --dtypes bf16 --batch 64 \
+    --backward --out "$OUT/report" > "$OUT/report.log" 2>&1
   echo "fastcnn bench exit $?"; tail -25 "$OUT/report.log"
   ;;
 *) echo "unknown stage $stage"; exit 2 ;;
