@@ -29,7 +29,9 @@ BLOCK_M queries looping over the keys (bitwise reproducible). Dropout draws phil
 numbers from (seed, flat index of (b, h, i, j)) in every kernel, so the backward and
 dropout_keep_mask see exactly the forward's mask without storing it. Any head dim up
 to 256 (BLOCK_D = next power of two, masked) and any sequence lengths (masked; keys
-out of range score -inf). Batch and head offsets and every row offset are int64.
+out of range score -inf). Batch and head offsets are int64; offsets inside one
+(batch, head) slice are int32 (attention_reasons checks they fit), which keeps the
+pointer tiles small in registers.
 """
 import math
 
@@ -120,6 +122,12 @@ def attention_reasons(q, k, v, mask, causal, dropout_p):
         reasons.append(f"mask dtype {mask.dtype} (the kernels take an additive mask in q's dtype or float32)")
     if not 0.0 <= dropout_p < 1.0:
         reasons.append(f"dropout_p {dropout_p} outside [0, 1)")
+    # The kernels index inside one (batch, head) slice with int32 offsets.
+    slices = [("q", q, 2, 3), ("k", k, 2, 3), ("v", v, 2, 3)] + ([("mask", mask, 2, 3)] if mask is not None else [])
+    for name, t, a, b in slices:
+        span = sum((t.shape[d] - 1) * abs(t.stride(d)) for d in (a, b) if t.shape[d] > 0)
+        if span >= 2**31:
+            reasons.append(f"{name}: offsets inside one (batch, head) slice exceed int32")
     return reasons
 
 
@@ -139,6 +147,9 @@ def _forward_configs():
         for bm, bn, w, st in [
             (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
             (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2),
+            # with an additive mask only BLOCK_N = 32 and 8 warps compile without
+            # spills (ptxas for sm_90a, D = 64 and 128)
+            (128, 32, 8, 2),
         ]
     ]
     return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
@@ -151,7 +162,7 @@ def _backward_configs():
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
         for bm, bn, w, st in [
             (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3),
-            (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4),
+            (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4), (32, 64, 8, 3),
         ]
     ]
     return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
@@ -161,26 +172,26 @@ _KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT"]
 
 
 @triton.jit
-def _scores(q, kT, offs_m, offs_n, mask_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
-            HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """Scores in log2 units [BLOCK_M, BLOCK_N] from q [BLOCK_M, BLOCK_D] and
-    kT [BLOCK_D, BLOCK_N]: -inf for keys out of range or hidden by the causal mask."""
-    s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC) * qk_scale
-    valid = (offs_n < Lk)[None, :]
+def _scores(s, i, j, msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+            HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, ACC: tl.constexpr):
+    """Scores in log2 units from the raw q.k products ``s`` of a tile whose query
+    index is ``i`` and key index ``j`` (broadcastable 2-d, either orientation), plus the
+    mask tile read through its strides. -inf for keys out of range or hidden by the
+    causal mask."""
+    s = s * qk_scale
+    valid = j < Lk
     if HAS_MASK:
-        mk = tl.load(mask_base + offs_m.to(tl.int64)[:, None] * msk_sQ + offs_n.to(tl.int64)[None, :] * msk_sK,
-                     mask=(offs_m < Lq)[:, None] & valid, other=0.0)
-        s += mk.to(ACC) * mask_scale
+        s += tl.load(msk_base + i * msk_sQ + j * msk_sK, mask=(i < Lq) & valid, other=0.0).to(ACC) * mask_scale
     if CAUSAL:
-        valid = valid & (offs_n[None, :] <= offs_m[:, None])
+        valid = valid & (j <= i)
     return tl.where(valid, s, float("-inf"))
 
 
 @triton.jit
-def _dropout_keep(seed, dropout_p, bh, offs_m, offs_n, Lq, Lk):
-    """Keep-mask [BLOCK_M, BLOCK_N]: philox number of flat index ((b*H+h)*Lq+i)*Lk+j >= p."""
-    row = bh * Lq + offs_m.to(tl.int64)
-    offset = row[:, None] * Lk + offs_n.to(tl.int64)[None, :]
+def _dropout_keep(seed, dropout_p, bh, i, j, Lq, Lk):
+    """Keep-mask of a tile (i, j broadcastable 2-d): philox number of the flat index
+    ((b*H + h)*Lq + i)*Lk + j >= dropout_p."""
+    offset = (bh * Lq + i.to(tl.int64)) * Lk + j.to(tl.int64)
     return tl.rand(seed, offset) >= dropout_p
 
 
@@ -205,35 +216,41 @@ def _attention_forward_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # Offsets inside one (b, h) slice are int32 (attention_reasons rejects slices past
+    # 2^31 elements); the batch and head offsets are int64. Narrow offsets keep the
+    # pointer tiles cheap in registers.
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
     d_ok = offs_d < D
-    rows = offs_m.to(tl.int64)
-    cols = offs_d.to(tl.int64)
-
-    q = tl.load(q_ptr + b * q_sB + h * q_sH + rows[:, None] * q_sL + cols[None, :] * q_sD,
+    q = tl.load(q_ptr + b * q_sB + h * q_sH + offs_m[:, None] * q_sL + offs_d[None, :] * q_sD,
                 mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = k_ptr + b * k_sB + h * k_sH + cols[:, None] * k_sD
-    v_base = v_ptr + b * v_sB + h * v_sH + cols[None, :] * v_sD
+    # Loop-invariant int32 offset tiles; each step only moves the scalar base pointer
+    # (loop-carried 64-bit pointer tiles would cost twice the registers and spill).
+    k_base = k_ptr + b * k_sB + h * k_sH
+    v_base = v_ptr + b * v_sB + h * v_sH
+    kT_off = offs_d[:, None] * k_sD + offs_n[None, :] * k_sL  # [BLOCK_D, BLOCK_N]
+    v_off = offs_n[:, None] * v_sL + offs_d[None, :] * v_sD   # [BLOCK_N, BLOCK_D]
     msk_base = msk_ptr + b * msk_sB + h * msk_sH
 
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], ACC)                # running sum of exp2(s - m_i), before dropout
     acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     # Causal: keys past this block's last query are hidden for every row, skip them.
-    hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M) if CAUSAL else Lk
+    hi = tl.minimum(Lk, start_m + BLOCK_M) if CAUSAL else Lk
     for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
-        keys = offs_n.to(tl.int64)
-        kT = tl.load(k_base + keys[None, :] * k_sL, mask=d_ok[:, None] & n_ok[None, :], other=0.0)
-        s = _scores(q, kT, offs_m, offs_n, msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
-                    HAS_MASK, CAUSAL, ACC, PREC)
+        cols = start_n + offs_n
+        n_ok = cols < Lk
+        kT = tl.load(k_base + start_n * k_sL + kT_off, mask=d_ok[:, None] & n_ok[None, :], other=0.0)
+        s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC)
+        s = _scores(s, offs_m[:, None], cols[None, :], msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+                    HAS_MASK, CAUSAL, ACC)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # A row with no visible key yet has m = -inf: shift by 0 so exp2 gives 0, not NaN.
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -241,17 +258,17 @@ def _attention_forward_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:
-            p = tl.where(_dropout_keep(seed, dropout_p, bh, offs_m, offs_n, Lq, Lk), p, 0.0)
-        v = tl.load(v_base + keys[:, None] * v_sL, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC, out_dtype=ACC)
+            p = tl.where(_dropout_keep(seed, dropout_p, bh, offs_m[:, None], cols[None, :], Lq, Lk), p, 0.0)
+        v = tl.load(v_base + start_n * v_sL + v_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC, out_dtype=ACC)
         m_i = m_new
 
     empty = l_i == 0.0  # fully masked row (or no keys): o = 0, lse = -inf
     o = acc * (keep_scale / tl.where(empty, 1.0, l_i))[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * ln2)
-    tl.store(o_ptr + b * o_sB + h * o_sH + rows[:, None] * o_sL + cols[None, :] * o_sD,
+    tl.store(o_ptr + b * o_sB + h * o_sH + offs_m[:, None] * o_sL + offs_d[None, :] * o_sD,
              o.to(o_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
-    tl.store(lse_ptr + b * lse_sB + h * lse_sH + rows * lse_sL, lse, mask=m_ok)
+    tl.store(lse_ptr + b * lse_sB + h * lse_sH + offs_m * lse_sL, lse, mask=m_ok)
 
 
 def _block_d(d: int) -> int:
@@ -332,27 +349,6 @@ def _attention_delta_kernel(
     tl.store(delta_ptr + bh * Lq + rows, delta, mask=offs_m < Lq)
 
 
-@triton.jit
-def _ds_tile(q, kT, v, do, lse2, delta, offs_m, offs_n, bh, msk_base, msk_sQ, msk_sK, Lq, Lk,
-             qk_scale, mask_scale, dropout_p, keep_scale, seed,
-             HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
-             ACC: tl.constexpr, PREC: tl.constexpr):
-    """(p after dropout, ds) [BLOCK_M, BLOCK_N] for one tile, recomputed from the saved lse
-    (in log2 units; rows with lse = -inf have only -inf scores and get p = 0)."""
-    s = _scores(q, kT, offs_m, offs_n, msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
-                HAS_MASK, CAUSAL, ACC, PREC)
-    p = tl.exp2(s - tl.where(lse2 == float("-inf"), 0.0, lse2)[:, None])
-    dp = tl.dot(do, tl.trans(v), input_precision=PREC, out_dtype=ACC)
-    if DROPOUT:
-        keep = _dropout_keep(seed, dropout_p, bh, offs_m, offs_n, Lq, Lk)
-        dp = tl.where(keep, dp * keep_scale, 0.0)
-        p_drop = tl.where(keep, p * keep_scale, 0.0)
-    else:
-        p_drop = p
-    ds = p * (dp - delta[:, None])
-    return p_drop, ds
-
-
 @triton.autotune(configs=_backward_configs(), key=_KEY + ["DETERMINISTIC"], reset_to_zero=["dq_ptr"])
 @triton.jit
 def _attention_dkdv_kernel(
@@ -378,50 +374,61 @@ def _attention_dkdv_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # Tiles are transposed (keys x queries), as in the Triton FA2 tutorial, so that
+    # dv += p^T do and dk += ds^T q need no transposes of the big tiles.
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     h = bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < Lk
     d_ok = offs_d < D
-    keys = offs_n.to(tl.int64)
-    cols = offs_d.to(tl.int64)
     kv_ok = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_ptr + b * k_sB + h * k_sH + keys[:, None] * k_sL + cols[None, :] * k_sD, mask=kv_ok, other=0.0)
-    v = tl.load(v_ptr + b * v_sB + h * v_sH + keys[:, None] * v_sL + cols[None, :] * v_sD, mask=kv_ok, other=0.0)
-    kT = tl.trans(k)
-    q_base = q_ptr + b * q_sB + h * q_sH + cols[None, :] * q_sD
-    do_base = do_ptr + b * do_sB + h * do_sH + cols[None, :] * do_sD
-    dq_base = dq_ptr + bh * Lq * D + cols[None, :]
+    k = tl.load(k_ptr + b * k_sB + h * k_sH + offs_n[:, None] * k_sL + offs_d[None, :] * k_sD, mask=kv_ok, other=0.0)
+    v = tl.load(v_ptr + b * v_sB + h * v_sH + offs_n[:, None] * v_sL + offs_d[None, :] * v_sD, mask=kv_ok, other=0.0)
+    # Causal: queries before this block's first key see none of it.
+    lo = (start_n // BLOCK_M) * BLOCK_M if CAUSAL else 0
+    q_base = q_ptr + b * q_sB + h * q_sH
+    do_base = do_ptr + b * do_sB + h * do_sH
+    qT_off = offs_d[:, None] * q_sD + offs_m[None, :] * q_sL     # [BLOCK_D, BLOCK_M]
+    do_off = offs_m[:, None] * do_sL + offs_d[None, :] * do_sD   # [BLOCK_M, BLOCK_D]
+    lse_base = lse_ptr + b * lse_sB + h * lse_sH
     msk_base = msk_ptr + b * msk_sB + h * msk_sH
+    dq_base = dq_ptr + bh * Lq * D
 
-    # Query rows past Lq load q = do = 0 (and lse = delta = 0): their p is 1 but dp, ds
-    # and do are 0, so they add nothing to dk, dv, and their dq is masked out.
+    # Query columns past Lq load q = do = 0 (and lse = delta = 0): their p is 1 but
+    # dp, ds and do are 0, so they add nothing to dk, dv, and their dq is masked out.
     dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
-    # Causal: queries before this block's first key see none of it.
-    lo = (pid_n * BLOCK_N // BLOCK_M) * BLOCK_M if CAUSAL else 0
     for start_m in range(lo, Lq, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        m_ok = offs_m < Lq
-        rows = offs_m.to(tl.int64)
-        qd_ok = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + rows[:, None] * q_sL, mask=qd_ok, other=0.0)
-        do = tl.load(do_base + rows[:, None] * do_sL, mask=qd_ok, other=0.0)
-        lse2 = tl.load(lse_ptr + b * lse_sB + h * lse_sH + rows * lse_sL, mask=m_ok, other=0.0) * mask_scale
+        rows = start_m + offs_m
+        m_ok = rows < Lq
+        qT = tl.load(q_base + start_m * q_sL + qT_off, mask=d_ok[:, None] & m_ok[None, :], other=0.0)
+        do = tl.load(do_base + start_m * do_sL + do_off, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        lse2 = tl.load(lse_base + rows * lse_sL, mask=m_ok, other=0.0) * mask_scale
         delta = tl.load(delta_ptr + bh * Lq + rows, mask=m_ok, other=0.0)
-        p_drop, ds = _ds_tile(q, kT, v, do, lse2, delta, offs_m, offs_n, bh, msk_base, msk_sQ, msk_sK, Lq, Lk,
-                              qk_scale, mask_scale, dropout_p, keep_scale, seed,
-                              HAS_MASK, CAUSAL, DROPOUT, ACC, PREC)
-        dv += tl.dot(tl.trans(p_drop.to(do.dtype)), do, input_precision=PREC, out_dtype=ACC)
-        ds_in = ds.to(q.dtype)
-        dk += tl.dot(tl.trans(ds_in), q, input_precision=PREC, out_dtype=ACC)
+        sT = tl.dot(k, qT, input_precision=PREC, out_dtype=ACC)
+        sT = _scores(sT, rows[None, :], offs_n[:, None], msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+                     HAS_MASK, CAUSAL, ACC)
+        # Rows with lse = -inf have only -inf scores: shift by 0 so p = 0, not NaN.
+        pT = tl.exp2(sT - tl.where(lse2 == float("-inf"), 0.0, lse2)[None, :])
+        dpT = tl.dot(v, tl.trans(do), input_precision=PREC, out_dtype=ACC)
+        if DROPOUT:
+            keep = _dropout_keep(seed, dropout_p, bh, rows[None, :], offs_n[:, None], Lq, Lk)
+            dpT = tl.where(keep, dpT * keep_scale, 0.0)
+            pT_drop = tl.where(keep, pT * keep_scale, 0.0)
+        else:
+            pT_drop = pT
+        dv = tl.dot(pT_drop.to(do.dtype), do, dv, input_precision=PREC, out_dtype=ACC)
+        dsT = (pT * (dpT - delta[None, :])).to(qT.dtype)
+        dk = tl.dot(dsT, tl.trans(qT), dk, input_precision=PREC, out_dtype=ACC)
         if not DETERMINISTIC:
-            dq = tl.dot(ds_in, k, input_precision=PREC, out_dtype=ACC) * scale
-            tl.atomic_add(dq_base + rows[:, None] * D, dq, mask=qd_ok)
-    out = bh * Lk * D + keys[:, None] * D + cols[None, :]
+            dq = tl.dot(tl.trans(dsT), k, input_precision=PREC, out_dtype=ACC) * scale
+            tl.atomic_add(dq_base + rows[:, None] * D + offs_d[None, :], dq, mask=m_ok[:, None] & d_ok[None, :])
+    out = bh * Lk * D + offs_n[:, None] * D + offs_d[None, :]
     tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_ok)
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_ok)
 
@@ -454,34 +461,41 @@ def _attention_dq_kernel(
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < Lq
     d_ok = offs_d < D
-    rows = offs_m.to(tl.int64)
-    cols = offs_d.to(tl.int64)
     qd_ok = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + b * q_sB + h * q_sH + rows[:, None] * q_sL + cols[None, :] * q_sD, mask=qd_ok, other=0.0)
-    do = tl.load(do_ptr + b * do_sB + h * do_sH + rows[:, None] * do_sL + cols[None, :] * do_sD, mask=qd_ok,
+    q = tl.load(q_ptr + b * q_sB + h * q_sH + offs_m[:, None] * q_sL + offs_d[None, :] * q_sD, mask=qd_ok, other=0.0)
+    do = tl.load(do_ptr + b * do_sB + h * do_sH + offs_m[:, None] * do_sL + offs_d[None, :] * do_sD, mask=qd_ok,
                  other=0.0)
-    lse2 = tl.load(lse_ptr + b * lse_sB + h * lse_sH + rows * lse_sL, mask=m_ok, other=0.0) * mask_scale
-    delta = tl.load(delta_ptr + bh * Lq + rows, mask=m_ok, other=0.0)
-    k_base = k_ptr + b * k_sB + h * k_sH + cols[None, :] * k_sD
-    v_base = v_ptr + b * v_sB + h * v_sH + cols[None, :] * v_sD
+    lse2 = tl.load(lse_ptr + b * lse_sB + h * lse_sH + offs_m * lse_sL, mask=m_ok, other=0.0) * mask_scale
+    lse2 = tl.where(lse2 == float("-inf"), 0.0, lse2)  # fully masked rows: p = 0, not NaN
+    delta = tl.load(delta_ptr + bh * Lq + offs_m, mask=m_ok, other=0.0)
+    k_base = k_ptr + b * k_sB + h * k_sH
+    v_base = v_ptr + b * v_sB + h * v_sH
+    kT_off = offs_d[:, None] * k_sD + offs_n[None, :] * k_sL  # [BLOCK_D, BLOCK_N]
+    vT_off = offs_d[:, None] * v_sD + offs_n[None, :] * v_sL  # [BLOCK_D, BLOCK_N]
     msk_base = msk_ptr + b * msk_sB + h * msk_sH
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M) if CAUSAL else Lk
     for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        keys = offs_n.to(tl.int64)
-        kv_ok = (offs_n < Lk)[:, None] & d_ok[None, :]
-        k = tl.load(k_base + keys[:, None] * k_sL, mask=kv_ok, other=0.0)
-        v = tl.load(v_base + keys[:, None] * v_sL, mask=kv_ok, other=0.0)
-        _, ds = _ds_tile(q, tl.trans(k), v, do, lse2, delta, offs_m, offs_n, bh, msk_base, msk_sQ, msk_sK,
-                         Lq, Lk, qk_scale, mask_scale, dropout_p, keep_scale, seed,
-                         HAS_MASK, CAUSAL, DROPOUT, ACC, PREC)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC, out_dtype=ACC)
-    tl.store(dq_ptr + bh * Lq * D + rows[:, None] * D + cols[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+        cols = start_n + offs_n
+        dn_ok = d_ok[:, None] & (cols < Lk)[None, :]
+        kT = tl.load(k_base + start_n * k_sL + kT_off, mask=dn_ok, other=0.0)
+        vT = tl.load(v_base + start_n * v_sL + vT_off, mask=dn_ok, other=0.0)
+        s = tl.dot(q, kT, input_precision=PREC, out_dtype=ACC)
+        s = _scores(s, offs_m[:, None], cols[None, :], msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
+                    HAS_MASK, CAUSAL, ACC)
+        p = tl.exp2(s - lse2[:, None])
+        dp = tl.dot(do, vT, input_precision=PREC, out_dtype=ACC)
+        if DROPOUT:
+            keep = _dropout_keep(seed, dropout_p, bh, offs_m[:, None], cols[None, :], Lq, Lk)
+            dp = tl.where(keep, dp * keep_scale, 0.0)
+        ds = (p * (dp - delta[:, None])).to(kT.dtype)
+        dq = tl.dot(ds, tl.trans(kT), dq, input_precision=PREC, out_dtype=ACC)
+    tl.store(dq_ptr + bh * Lq * D + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=qd_ok)
 
 
@@ -533,10 +547,10 @@ def _dropout_keep_kernel(
     R, Lk, dropout_p, seed,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     # Row r = (b*H + h)*Lq + i, so bh = 0 and Lq = R reproduce the attention kernels' offsets.
-    keep = _dropout_keep(seed, dropout_p, 0, offs_r, offs_n, R, Lk)
+    keep = _dropout_keep(seed, dropout_p, 0, offs_r[:, None], offs_n[None, :], R, Lk)
     out = offs_r.to(tl.int64)[:, None] * Lk + offs_n[None, :]
     tl.store(keep_ptr + out, keep.to(tl.int8), mask=(offs_r < R)[:, None] & (offs_n < Lk)[None, :])
 
