@@ -4,7 +4,9 @@
 ``features.1.conv.0.0``, ``features.2.conv.1.0``, ..., ``classifier.1``): a
 torchvision ``mobilenet_v2`` state_dict loads strictly and gives the same outputs.
 MobileNet v1 is not in torchvision; its names are ``features.i`` (stem) and
-``features.i.{0,1}`` (depthwise / pointwise ConvNormAct), ``classifier``.
+``features.i.{0,1}`` (depthwise / pointwise conv-BN-ReLU, laid out like ConvNormAct),
+``classifier``; each depthwise-separable layer is a ``DepthwiseSeparableConv2d``,
+one fused op in eval mode (the depthwise output never reaches memory).
 
 Both are built from tables: v1 from the paper's Table 1 (output channels and stride
 of each depthwise-separable layer), v2 from (t, c, n, s) rows (expansion, channels,
@@ -14,6 +16,7 @@ from torch import nn
 from fastcnn.models._layers import ConvNormAct, FusedSequential, make_divisible
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
+from fastcnn.nn.separable import DepthwiseSeparableConv2d
 
 # MobileNet v1, Table 1: (output channels, stride) of the depthwise-separable layers
 V1_CONFIG = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
@@ -39,7 +42,8 @@ def _init(model):
 
 class MobileNetV1(nn.Module):
     """Stem 3x3/2 conv, 13 depthwise-separable layers (3x3 depthwise conv-BN-ReLU,
-    1x1 conv-BN-ReLU), global average pool, dropout, fc. ``width_mult`` is the
+    1x1 conv-BN-ReLU: fastcnn.nn.separable.DepthwiseSeparableConv2d), global
+    average pool, dropout, fc. ``width_mult`` is the
     paper's alpha."""
 
     def __init__(self, num_classes=1000, width_mult=1.0, dropout=0.001, config=V1_CONFIG, algo="auto"):
@@ -48,8 +52,7 @@ class MobileNetV1(nn.Module):
         layers = [ConvNormAct(3, c, 3, 2, algo=algo)]
         for out, stride in config:
             out = make_divisible(out * width_mult)
-            layers.append(nn.Sequential(ConvNormAct(c, c, 3, stride, groups=c, algo=algo),
-                                        ConvNormAct(c, out, 1, algo=algo)))
+            layers.append(DepthwiseSeparableConv2d(c, out, 3, stride, algo=algo))
             c = out
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
