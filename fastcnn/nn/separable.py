@@ -1,7 +1,6 @@
 """fastcnn.nn.DepthwiseSeparableConv2d: MobileNet v1's depthwise-separable layer
 (depthwise k x k conv -> BN -> act, pointwise 1x1 conv -> BN -> act) on the fused
 op ``fastcnn.ops.separable.separable_conv2d``."""
-import torch
 from torch import nn
 
 from fastcnn.nn.conv import Conv2d
