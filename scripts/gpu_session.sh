@@ -46,7 +46,7 @@ bench)
   ;;
 bench2)
   rm -f "$OUT/install-$stage.log"
-  timeout 540 fastcnn bench --ops attention depthwise lrn --models vit_b_16 mixer_b16 --dtypes bf16 --batch 64 \
+  timeout 540 fastcnn bench --ops attention depthwise lrn separable --models vit_b_16 mixer_b16 --dtypes bf16 --batch 64 \
     --backward --out "$OUT/report" > "$OUT/report.log" 2>&1
   echo "fastcnn bench exit $?"; tail -25 "$OUT/report.log"
   ;;

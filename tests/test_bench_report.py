@@ -8,6 +8,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from fastcnn.bench import peaks
 from fastcnn.bench import report as rep
@@ -267,6 +268,17 @@ def test_attention_suite_cases_and_callables_on_cpu(monkeypatch):
         assert {"cudnn", "triton", "auto"} <= set(fns)
         for fn in fns.values():
             fn()
+
+
+def test_separable_suite_callables_agree_on_cpu(monkeypatch):
+    from fastcnn.bench import separable as suite
+    monkeypatch.setattr(suite, "MOBILENET_V1_SEPARABLE", [("tiny", 5, 7, 9, 2)])
+    (case,) = cases(BenchConfig(dtypes=("fp32",), batches=(2,), device="cpu"), ["separable"])
+    assert case.group == "separable/tiny/fp32/b2/fwd" and case.flops == 2 * 2 * 5 * 5 * 5 * (9 + 7)
+    outs = {c: fn() for c, fn in case.make().items()}
+    assert set(outs) == {"cudnn", "triton", "auto"}
+    for out in outs.values():
+        assert out.shape == (2, 7, 5, 5) and torch.allclose(out, outs["cudnn"], atol=1e-4)
 
 
 def test_model_name_resolution():

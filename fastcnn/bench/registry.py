@@ -96,7 +96,7 @@ def register_suite(name: str, kind: str = "op"):
 
 def load_builtin_suites():
     """Import the modules that register the built-in suites."""
-    from fastcnn.bench import attention, suites  # noqa: F401
+    from fastcnn.bench import attention, separable, suites  # noqa: F401
 
 
 def list_suites(kind: Optional[str] = None) -> list:

@@ -8,6 +8,7 @@ from fastcnn.nn.fused import ConvBNAct, ConvBNReLU, FusedConv2dBN  # noqa: F401
 from fastcnn.nn.layernorm import LayerNorm  # noqa: F401
 from fastcnn.nn.linear import Linear  # noqa: F401
 from fastcnn.nn.lrn import LocalResponseNorm  # noqa: F401
+from fastcnn.nn.separable import DepthwiseSeparableConv2d  # noqa: F401
 
-__all__ = ["Conv2d", "ConvBNAct", "ConvBNReLU", "DepthwiseConv2d", "FusedConv2dBN", "LayerNorm", "Linear",
+__all__ = ["Conv2d", "ConvBNAct", "ConvBNReLU", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "FusedConv2dBN", "LayerNorm", "Linear",
            "LocalResponseNorm", "MultiheadSelfAttention", "convert"]

@@ -15,6 +15,7 @@ from fastcnn.ops.conv_bn_act import conv_bn_act, fold_bn  # noqa: F401
 from fastcnn.ops.depthwise import depthwise_conv2d  # noqa: F401
 from fastcnn.ops.layer_norm import layer_norm  # noqa: F401
 from fastcnn.ops.lrn import local_response_norm  # noqa: F401
+from fastcnn.ops.separable import separable_conv2d  # noqa: F401
 
 __all__ = ["attention", "bias_act", "conv2d", "conv_bn_act", "fold_bn", "depthwise_conv2d", "layer_norm",
-           "local_response_norm", "ALGOS", "BACKENDS"]
+           "local_response_norm", "separable_conv2d", "ALGOS", "BACKENDS"]
