@@ -224,6 +224,8 @@ def test_reasons_and_flops():
     assert any("head_dim" in r for r in attn.attention_reasons(big, big, big, None, False, 0.0))
     assert any("head dims differ" in r for r in attn.attention_reasons(q, k, v[..., :32], None, False, 0.0))
     assert any("dropout_p" in r for r in attn.attention_reasons(q, k, v, None, False, 1.0))
+    huge = torch.empty(0, device="meta").as_strided((1, 1, 4, 64), (0, 0, 2**30, 1))  # rows 2^30 apart
+    assert any("int32" in r for r in attn.attention_reasons(huge, k, v, None, False, 0.0))
     assert attn.flops(2, 3, 5, 7, 8, False) == 4 * 2 * 3 * 5 * 7 * 8
     assert attn.flops(2, 3, 5, 7, 8, True, backward=True) == 4 * 2 * 3 * 5 * 7 * 8 / 2 * 2.5
 
