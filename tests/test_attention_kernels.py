@@ -233,11 +233,12 @@ def test_reasons_and_flops():
 # ----------------------------------------------------------------------------- GPU sizes
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("D", [64, 80, 128])
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_vit_sizes(D, dtype, causal):
-    """ViT-B/16 at 384 px (577 tokens) against SDPA's error in the same dtype."""
+    """ViT-B/16 at 384 px (577 tokens) against SDPA's error in the same dtype (fp32:
+    both follow torch.backends.cuda.matmul.allow_tf32)."""
     q, k, v = make_qkv(2, 4, 577, 577, D, dtype, layout="blhd")
     check(q, k, v, causal=causal)
     check(q, k, v, causal=causal, deterministic=True)

@@ -76,5 +76,12 @@ def allow_tf32() -> bool:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """input_precision for tl.dot: tf32 only for fp32 inputs with TF32 allowed."""
+    """input_precision for a convolution's tl.dot: tf32 only for fp32 inputs with
+    cuDNN's TF32 flag on."""
     return "tf32" if dtype == torch.float32 and allow_tf32() else "ieee"
+
+
+def matmul_dot_precision(dtype: torch.dtype) -> str:
+    """input_precision for a matmul-like op's tl.dot (attention): PyTorch's matmuls
+    and SDPA follow torch.backends.cuda.matmul.allow_tf32 (off by default)."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"

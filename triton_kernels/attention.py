@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastcnn.triton_kernels._common import autotune_configs, dot_precision
+from fastcnn.triton_kernels._common import autotune_configs, matmul_dot_precision
 
 # ----------------------------------------------------------------------------- references
 
@@ -313,7 +313,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
         H, Lq, Lk, D,
         default_scale(D, scale) * LOG2E, LOG2E, LN2, float(dropout_p), _dropout_factor(dropout_p), int(seed),
         HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
-        ACC=acc_tl, PREC=dot_precision(q.dtype), BLOCK_D=_block_d(D))
+        ACC=acc_tl, PREC=matmul_dot_precision(q.dtype), BLOCK_D=_block_d(D))
     return o, lse
 
 
@@ -522,7 +522,7 @@ def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None,
 
     msk, msk_strides = _mask_args(mask, q)
     flags = dict(HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
-                 ACC=acc_tl, PREC=dot_precision(q.dtype), BLOCK_D=block_d)
+                 ACC=acc_tl, PREC=matmul_dot_precision(q.dtype), BLOCK_D=block_d)
     sm_scale = default_scale(D, scale)
     floats = (sm_scale, sm_scale * LOG2E, LOG2E, float(dropout_p), _dropout_factor(dropout_p), int(seed))
     strides = (*q.stride(), *k.stride(), *v.stride(), *msk_strides, *do.stride(), *lse.stride())
