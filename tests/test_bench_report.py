@@ -394,3 +394,22 @@ def test_model_flops_count_fused_and_plain_convolutions():
     expected = 2 * (2 * 8 * 36 * 27) + 2 * (2 * 10 * 288)
     assert count_flops(plain, x) == expected
     assert count_flops(fused, x) == expected
+
+
+def test_model_flops_count_multihead_attention():
+    import torch
+    import fastcnn.nn as fnn
+    from fastcnn.bench.suites import count_flops
+
+    class Block(torch.nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+    b, l, e = 2, 5, 8
+    expected = 2 * e * e * 3 * b * l + 4 * b * l * l * e + 2 * b * l * e * e  # qkv, attention, out_proj
+    for attn in (torch.nn.MultiheadAttention(e, 2, batch_first=True),
+                 fnn.MultiheadSelfAttention(e, 2, batch_first=True, algo="reference")):
+        assert count_flops(Block(attn).eval(), torch.randn(b, l, e)) == expected

@@ -190,9 +190,11 @@ def set_algo(model, algo):
 
 
 def count_flops(model, x) -> int:
-    """2 * multiply-adds of the Conv2d and Linear layers of one forward pass (attention's
-    matmuls and elementwise work are not counted). A fused module that holds a ``conv``
-    child but does not call it (fastcnn.nn.ConvBNAct) is counted through its own output."""
+    """2 * multiply-adds of the Conv2d and Linear layers and of multi-head attention (its
+    q/k/v and output projections, which torch's forward does not run as modules, and
+    the two attention matmuls) in one forward pass; elementwise work is not counted. A fused module that
+    holds a ``conv`` child but does not call it (fastcnn.nn.ConvBNAct) is counted
+    through its own output."""
     import torch
     total = [0]
     fired = set()
@@ -204,8 +206,19 @@ def count_flops(model, x) -> int:
         fired.add(id(m))
         total[0] += 2 * conv_macs(m, out)
 
+    out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+
     def linear_hook(m, inp, out):
-        total[0] += 2 * out.numel() * m.in_features
+        if id(m) not in out_projs:  # counted by attention_hook
+            total[0] += 2 * out.numel() * m.in_features
+
+    def attention_hook(m, inp, out):
+        query, key = inp[0], inp[1]
+        e = m.embed_dim
+        q_tokens, k_tokens = query.numel() // e, key.numel() // e
+        batch = query.shape[0 if m.batch_first else 1] if query.dim() == 3 else 1
+        total[0] += 2 * e * e * (2 * q_tokens + 2 * k_tokens)          # q, k, v and output projections
+        total[0] += 4 * q_tokens * (k_tokens // batch) * e             # q k^T and p v
 
     def fused_pre_hook(m, inp):
         fired.discard(id(m.conv))
@@ -220,6 +233,8 @@ def count_flops(model, x) -> int:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, torch.nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            handles.append(m.register_forward_hook(attention_hook))
         elif isinstance(getattr(m, "conv", None), torch.nn.Conv2d):
             handles.append(m.register_forward_pre_hook(fused_pre_hook))
             handles.append(m.register_forward_hook(fused_hook))
