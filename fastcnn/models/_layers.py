@@ -7,10 +7,9 @@ the fused op ``fastcnn.ops.conv_bn_act`` itself (through
 ``fastcnn.nn.fused.conv_bn_act_forward``) and carries ``_fastcnn_fused = True``, so
 ``fastcnn.nn.convert`` leaves it alone: converting a zoo model changes nothing."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fastcnn.nn import Conv2d
+from fastcnn.nn import Conv2d, LayerNorm
 from fastcnn.nn.fused import conv_bn_act_forward
 
 # activation name (as fastcnn.ops.conv_bn_act takes it) -> torch module
@@ -156,11 +155,11 @@ class Permute(nn.Module):
         return x.permute(self.dims)
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW tensor (torchvision's LayerNorm2d)."""
+class LayerNorm2d(LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (torchvision's LayerNorm2d), on
+    fastcnn.ops.layer_norm: for a channels_last tensor the permuted view's rows are
+    contiguous, so no copy is made."""
 
     def forward(self, x):
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 

@@ -9,14 +9,16 @@ names and shapes (``features.0.0`` stem conv, ``features.0.1`` LayerNorm2d,
 outputs.
 
 The convolutions (4x4/4 stem, 7x7 depthwise, 2x2/2 downsampling) are fastcnn
-Conv2d; no BatchNorm follows them, so there is nothing to fuse. LayerNorm, the
-pointwise Linear layers and GELU are torch layers (fastcnn has no kernel for them)."""
+Conv2d; no BatchNorm follows them, so there is nothing to fuse. LayerNorms are
+fastcnn.nn.LayerNorm, and the first pointwise Linear applies bias + GELU in one
+pass (``block.3``, fastcnn.nn.Linear(activation="gelu"); ``block.4`` is an
+Identity where torchvision has its GELU)."""
 import torch
 from torch import nn
 
 from fastcnn.models._layers import LayerNorm2d, Permute, StochasticDepth
 from fastcnn.models._registry import register_model
-from fastcnn.nn import Conv2d
+from fastcnn.nn import Conv2d, LayerNorm, Linear
 
 
 class CNBlock(nn.Module):
@@ -29,10 +31,10 @@ class CNBlock(nn.Module):
         self.block = nn.Sequential(
             Conv2d(dim, dim, 7, padding=3, groups=dim, bias=True, algo=algo),
             Permute([0, 2, 3, 1]),
-            nn.LayerNorm(dim, eps=1e-6),
-            nn.Linear(dim, 4 * dim),
-            nn.GELU(),
-            nn.Linear(4 * dim, dim),
+            LayerNorm(dim, eps=1e-6, algo=algo),
+            Linear(dim, 4 * dim, activation="gelu", algo=algo),
+            nn.Identity(),
+            Linear(4 * dim, dim, algo=algo),
             Permute([0, 3, 1, 2]),
         )
         self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
@@ -48,7 +50,7 @@ class ConvNeXt(nn.Module):
     def __init__(self, widths, depths, num_classes=1000, stochastic_depth_prob=0.0, layer_scale=1e-6,
                  algo="auto"):
         super().__init__()
-        layers = [nn.Sequential(Conv2d(3, widths[0], 4, 4, 0, bias=True, algo=algo), LayerNorm2d(widths[0], eps=1e-6))]
+        layers = [nn.Sequential(Conv2d(3, widths[0], 4, 4, 0, bias=True, algo=algo), LayerNorm2d(widths[0], eps=1e-6, algo=algo))]
         total, block_id = sum(depths), 0
         for i, (dim, depth) in enumerate(zip(widths, depths)):
             stage = []
@@ -58,11 +60,11 @@ class ConvNeXt(nn.Module):
                 block_id += 1
             layers.append(nn.Sequential(*stage))
             if i + 1 < len(widths):
-                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6),
+                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6, algo=algo),
                                             Conv2d(dim, widths[i + 1], 2, 2, bias=True, algo=algo)))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(LayerNorm2d(widths[-1], eps=1e-6), nn.Flatten(1),
+        self.classifier = nn.Sequential(LayerNorm2d(widths[-1], eps=1e-6, algo=algo), nn.Flatten(1),
                                         nn.Linear(widths[-1], num_classes))
         for m in self.modules():
             if isinstance(m, (Conv2d, nn.Linear)):
