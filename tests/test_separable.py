@@ -352,6 +352,32 @@ def test_mobilenet_v1_layers_and_keys():
                 f"features.{i}.1.1.weight"} <= keys
 
 
+def test_mobilenet_v2_inference_runs_depthwise_and_projection_as_one_op(monkeypatch):
+    """MobileNetV2's inverted residuals at inference: depthwise-BN-ReLU6 and the
+    projection-BN (+ input) are one separable_conv2d call per block, equal to the
+    block run module by module."""
+    import fastcnn.models as M
+    import fastcnn.nn.separable as sep
+    model = M.create("mobilenet_v2", num_classes=4, width_mult=0.25, algo="triton").to(DEVICE)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            _randomize_bn(torch.nn.Sequential(m))
+    model.eval()
+    x = make_input((1, 3, 16, 16), layout="nhwc")
+    calls = []
+    real = sep.separable_conv2d
+    monkeypatch.setattr(sep, "separable_conv2d", lambda *a, **k: calls.append(k.get("residual") is not None)
+                        or real(*a, **k))
+    with torch.no_grad():
+        fused = model(x)
+        for m in model.modules():
+            if hasattr(m, "fuse_conv_bn"):
+                m.fuse_conv_bn = False
+        unfused = model(x)
+    assert len(calls) == 17 and sum(calls) == 11  # every block; 11 add their input at this width
+    assert_close(fused, unfused.double(), factor=5)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 # (n, c, hw, k, kernel, stride): MobileNetV2 / EfficientNet-B0 depthwise -> project layers

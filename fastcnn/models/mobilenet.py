@@ -16,7 +16,7 @@ from torch import nn
 from fastcnn.models._layers import ConvNormAct, FusedSequential, make_divisible
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
-from fastcnn.nn.separable import DepthwiseSeparableConv2d
+from fastcnn.nn.separable import DepthwiseSeparableConv2d, separable_forward
 
 # MobileNet v1, Table 1: (output channels, stride) of the depthwise-separable layers
 V1_CONFIG = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
@@ -67,7 +67,8 @@ class MobileNetV1(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNet v2's block (torchvision names): [1x1 expand conv-BN-ReLU6], 3x3
     depthwise conv-BN-ReLU6, 1x1 linear projection conv-BN (+ input when the shape
-    allows, fused into the projection)."""
+    allows, fused into the projection). At inference the depthwise and projection
+    halves are one fused ``separable_conv2d``."""
     _fastcnn_fused = True
 
     def __init__(self, inp, oup, stride, expand_ratio, algo="auto"):
@@ -83,7 +84,16 @@ class InvertedResidual(nn.Module):
         self.out_channels = oup
 
     def forward(self, x):
-        return self.conv(x, residual=x if self.use_res_connect else None)
+        residual = x if self.use_res_connect else None
+        *expand, depthwise, project, project_bn = self.conv
+        if not self.conv.fuse_conv_bn or self.training:
+            return self.conv(x, residual=residual)
+        # Inference: depthwise-BN-ReLU6 and the projection-BN (+ input) as one fused
+        # separable op, which never writes the widest tensor of the block (the
+        # depthwise output) to memory.
+        for stage in expand:
+            x = stage(x)
+        return separable_forward(depthwise[0], depthwise[1], project, project_bn, x, residual, "relu6", "none")
 
 
 class MobileNetV2(nn.Module):

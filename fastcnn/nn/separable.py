@@ -32,6 +32,33 @@ def _uses_batch_stats(bn):
     return bn.training or bn.running_mean is None or bn.running_var is None
 
 
+def folded_weights(depthwise, bn_dw, pointwise, bn_pw):
+    """(wd, bd, wp, bp): both convolutions' weights and biases with their BNs'
+    running statistics folded in (a BN of None folds nothing)."""
+    out = []
+    for conv, bn in ((depthwise, bn_dw), (pointwise, bn_pw)):
+        if bn is None:
+            out += [conv.weight, conv.bias]
+        else:
+            out += fold_bn(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+    return tuple(out)
+
+
+def separable_forward(depthwise, bn_dw, pointwise, bn_pw, x, residual, activation, pointwise_activation):
+    """act2(bn_pw(pointwise(act1(bn_dw(depthwise(x))))) + residual) on existing modules
+    (BNs may be None): one fused ``separable_conv2d`` when no BN needs batch
+    statistics, else two fused conv-BN-act ops (see DepthwiseSeparableConv2d)."""
+    bns = [bn for bn in (bn_dw, bn_pw) if bn is not None]
+    if any(_uses_batch_stats(bn) for bn in bns):
+        z = conv_bn_act_forward(depthwise, bn_dw, x, None, activation)
+        return conv_bn_act_forward(pointwise, bn_pw, z, residual, pointwise_activation)
+    wd, bd, wp, bp = folded_weights(depthwise, bn_dw, pointwise, bn_pw)
+    x, padding = depthwise.padded_input(x)
+    return separable_conv2d(x, wd, wp, bd, bp, depthwise.stride, padding, depthwise.dilation,
+                            activation=activation, pointwise_activation=pointwise_activation,
+                            residual=residual, algo=depthwise.algo)
+
+
 class DepthwiseSeparableConv2d(nn.Sequential):
     """Depthwise ``kernel_size`` conv (groups=in_channels) [-> BatchNorm2d] ->
     ``activation``, then 1x1 conv to ``out_channels`` [-> BatchNorm2d] ->
@@ -89,13 +116,7 @@ class DepthwiseSeparableConv2d(nn.Sequential):
     def folded_weights(self):
         """(wd, bd, wp, bp): the convolutions' weights and biases with the BNs'
         running statistics folded in (the raw ones with norm=False)."""
-        out = []
-        for conv, bn in zip((self.depthwise, self.pointwise), self._bns()):
-            if bn is None:
-                out += [conv.weight, conv.bias]
-            else:
-                out += fold_bn(conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
-        return tuple(out)
+        return folded_weights(self.depthwise, self._bns()[0], self.pointwise, self._bns()[1])
 
     def forward(self, x, residual=None):
         if not self.fuse_conv_bn:  # the same math, one child at a time
@@ -107,16 +128,8 @@ class DepthwiseSeparableConv2d(nn.Sequential):
             if residual is not None:
                 x = x + residual
             return mods[-1](x) if last_act else x
-        bn_dw, bn_pw = self._bns()
-        if self.norm and (_uses_batch_stats(bn_dw) or _uses_batch_stats(bn_pw)):
-            z = conv_bn_act_forward(self.depthwise, bn_dw, x, None, self.activation)
-            return conv_bn_act_forward(self.pointwise, bn_pw, z, residual, self.pointwise_activation)
-        wd, bd, wp, bp = self.folded_weights()
-        conv = self.depthwise
-        x, padding = conv.padded_input(x)
-        return separable_conv2d(x, wd, wp, bd, bp, conv.stride, padding, conv.dilation,
-                                activation=self.activation, pointwise_activation=self.pointwise_activation,
-                                residual=residual, algo=conv.algo)
+        return separable_forward(self.depthwise, self._bns()[0], self.pointwise, self._bns()[1], x, residual,
+                                 self.activation, self.pointwise_activation)
 
     def extra_repr(self):
         return (f"norm={self.norm}, activation={self.activation!r}, "
