@@ -22,9 +22,15 @@ case "$stage" in
 tests)
   # On a GPU, tests/conftest.py leaves the interpreter off: every test runs the real
   # kernels on CUDA, and the gpu-marked ones run at real layer sizes.
-  FASTCNN_REQUIRE_EXT=1 timeout 330 python3 -m pytest tests -q -x -p no:cacheprovider \
+  # tests/conftest.py sets FASTCNN_AUTOTUNE=0 (one tile configuration per kernel);
+  # the second run autotunes for real (attention's dq is reset between trials, the
+  # conv statistics read Autotuner.best_config).
+  FASTCNN_REQUIRE_EXT=1 timeout 300 python3 -m pytest tests -q -x -p no:cacheprovider \
     --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
   echo "tests exit $?"; tail -5 "$OUT/tests.log"
+  FASTCNN_AUTOTUNE=1 timeout 80 python3 -m pytest tests/test_attention_kernels.py tests/test_conv2d_igemm.py \
+    -q -x -m gpu -p no:cacheprovider > "$OUT/tests-autotuned.log" 2>&1
+  echo "autotuned tests exit $?"; tail -3 "$OUT/tests-autotuned.log"
   # The CUDA kernels (csrc/) under compute-sanitizer, at the GPU tests' small sizes.
   for tool in memcheck racecheck; do
     timeout 55 compute-sanitizer --tool "$tool" --error-exitcode 9 \

@@ -14,8 +14,14 @@ def interpret_mode() -> bool:
 
 def autotune_configs(gpu_configs, interpreter_config):
     """The GPU tile configurations, or a single small one under the interpreter,
-    where autotuning would run every configuration on the CPU for nothing."""
-    return [interpreter_config] if interpret_mode() else gpu_configs
+    where autotuning would run every configuration on the CPU for nothing.
+
+    FASTCNN_AUTOTUNE=0 (read at import) keeps only the first GPU configuration: the
+    GPU tests set it, since they check numbers, and compiling and timing every
+    configuration for each of their hundreds of shapes would take most of their time."""
+    if interpret_mode():
+        return [interpreter_config]
+    return gpu_configs[:1] if os.environ.get("FASTCNN_AUTOTUNE", "1") == "0" else gpu_configs
 
 
 # Activation codes passed to kernels as tl.constexpr ACT.
