@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from fastcnn.triton_kernels import reference
 from fastcnn.triton_kernels._common import ACTIVATIONS, activation_grad, apply_activation, interpret_mode
 from fastcnn.triton_kernels.layernorm import as_rows, reduction_programs
 
@@ -43,17 +44,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 # ----------------------------------------------------------------------------- references
 
 def _torch_activation(z, activation):
-    if activation == "none":
-        return z
-    if activation == "relu":
-        return F.relu(z)
-    if activation == "relu6":
-        return F.relu6(z)
-    if activation == "silu":
-        return F.silu(z)
-    if activation == "gelu":
-        return F.gelu(z)
-    return F.gelu(z, approximate="tanh")
+    if activation == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
+    return reference.ACTIVATION_FNS[activation](z)
 
 
 def bias_act_reference(x, bias=None, activation="gelu"):
@@ -65,18 +58,10 @@ def bias_act_reference(x, bias=None, activation="gelu"):
 
 
 def activation_grad_reference(z, activation):
-    """d act(z) / dz, elementwise (z in the compute dtype)."""
-    if activation == "none":
-        return torch.ones_like(z)
-    if activation == "relu":
-        return (z > 0).to(z.dtype)
-    if activation == "relu6":
-        return ((z > 0) & (z < 6)).to(z.dtype)
-    if activation == "silu":
-        s = torch.sigmoid(z)
-        return s * (1 + z * (1 - s))
-    if activation == "gelu":
-        return 0.5 * (1 + torch.erf(z * 0.7071067811865476)) + z * 0.3989422804014327 * torch.exp(-0.5 * z * z)
+    """d act(z) / dz, elementwise (z in the compute dtype): the conv epilogue's
+    activations from reference.activation_grad, plus gelu_tanh."""
+    if activation != "gelu_tanh":
+        return reference.activation_grad(z, activation)
     t = torch.tanh(_SQRT_2_OVER_PI * (z + _GELU_TANH_C * z ** 3))
     return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * z * z)
 
