@@ -202,6 +202,9 @@ def test_convert_changes_nothing(name):
     model = build(name, **config)
     x = torch.randn(2, *(size or (3, 32, 32)), device=DEVICE)
     converted = fastcnn.nn.convert(copy.deepcopy(model), algo="reference")
+    # no module swapped or fused, no forward rewritten: the zoo uses fastcnn's layers already
+    assert [(n, type(m)) for n, m in converted.named_modules()] == [(n, type(m)) for n, m in model.named_modules()]
+    assert not any("forward" in vars(m) for m in converted.modules())
     before = model.state_dict()
     after = converted.state_dict()
     assert list(before) == list(after)

@@ -243,6 +243,7 @@ def test_model_forward_backward_and_convert(name):
     types_before = [(n, type(m)) for n, m in model.named_modules()]
     fastcnn.nn.convert(model, algo="reference")
     assert [(n, type(m)) for n, m in model.named_modules()] == types_before
+    assert not any("forward" in vars(m) for m in model.modules())  # no forward rewritten
     after_state = model.state_dict()
     assert list(after_state) == list(state)
     assert all(torch.equal(after_state[k], v) for k, v in state.items())

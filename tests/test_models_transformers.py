@@ -128,6 +128,17 @@ def test_tiny_model_matches_its_plain_pytorch_statement(name, config, plain):
                 assert_close(g, r, what=f"{algo} d{pname}")
 
 
+@pytest.mark.parametrize("name, config", [("vit_b_16", TINY_VIT), ("mixer_b16", TINY_MIXER)], ids=["vit", "mixer"])
+def test_convert_changes_nothing(name, config):
+    """The zoo is built from fastcnn's layers already: nothing to swap or fuse."""
+    import fastcnn.nn
+    model = M.create(name, num_classes=10, **config)
+    types = [(n, type(m)) for n, m in model.named_modules()]
+    fastcnn.nn.convert(model)
+    assert [(n, type(m)) for n, m in model.named_modules()] == types
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
 def test_vit_rejects_other_image_sizes():
     model = M.create("vit_b_16", num_classes=10, **TINY_VIT)
     with pytest.raises(ValueError, match="expected 16x16"):

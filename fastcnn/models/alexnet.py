@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.nn import Conv2d, LocalResponseNorm
+from fastcnn.nn import Conv2d, Linear, LocalResponseNorm
 
 # (out_channels, kernel, stride, padding, groups, then after conv + ReLU, in this order:
 #  "L" LRN, "P" max-pool 3x3/2). AlexNet normalises before pooling, ZFNet after.
@@ -48,9 +48,10 @@ class AlexNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout), nn.Linear(in_channels * 6 * 6, width), nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout), nn.Linear(width, width), nn.ReLU(inplace=True),
-            nn.Linear(width, num_classes),
+            # bias + ReLU fused into the Linear; Identity keeps torchvision's indices
+            nn.Dropout(p=dropout), Linear(in_channels * 6 * 6, width, activation="relu", algo=algo), nn.Identity(),
+            nn.Dropout(p=dropout), Linear(width, width, activation="relu", algo=algo), nn.Identity(),
+            Linear(width, num_classes, algo=algo),
         )
 
     def forward(self, x):

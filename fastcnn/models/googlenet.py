@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.nn import ConvBNAct
+from fastcnn.nn import ConvBNAct, Linear
 
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 
@@ -67,14 +67,14 @@ class InceptionAux(nn.Module):
     def __init__(self, in_channels, num_classes, dropout=0.7, algo="auto"):
         super().__init__()
         self.conv = basic_conv(in_channels, 128, algo, kernel_size=1)
-        self.fc1 = nn.Linear(2048, 1024)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.fc1 = Linear(2048, 1024, activation="relu", algo=algo)  # bias + ReLU fused
+        self.fc2 = Linear(1024, num_classes, algo=algo)
         self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x):
         x = F.adaptive_avg_pool2d(x, (4, 4))  # 14x14 -> 4x4 (the paper's 5x5/3 average pool)
         x = torch.flatten(self.conv(x), 1)
-        x = self.dropout(F.relu(self.fc1(x), inplace=True))
+        x = self.dropout(self.fc1(x))
         return self.fc2(x)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.nn import Conv2d, LocalResponseNorm
+from fastcnn.nn import Conv2d, Linear, LocalResponseNorm
 from fastcnn.models._layers import FusedSequential
 
 # Table 1 of the paper: an int is a 3x3 conv (pad 1) with that many output channels,
@@ -49,9 +49,10 @@ class VGG(nn.Module):
         last = [v for v in cfg if isinstance(v, int)][-1]
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(last * 7 * 7, width), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(width, width), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(width, num_classes),
+            # bias + ReLU fused into the Linear; Identity keeps torchvision's indices
+            Linear(last * 7 * 7, width, activation="relu", algo=algo), nn.Identity(), nn.Dropout(p=dropout),
+            Linear(width, width, activation="relu", algo=algo), nn.Identity(), nn.Dropout(p=dropout),
+            Linear(width, num_classes, algo=algo),
         )
         if init_weights:  # torchvision's initialisation
             for m in self.modules():
