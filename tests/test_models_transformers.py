@@ -139,6 +139,21 @@ def test_convert_changes_nothing(name, config):
     assert not any("forward" in vars(m) for m in model.modules())
 
 
+@pytest.mark.parametrize("name, config", [("vit_b_16", dict(TINY_VIT, num_layers=1)),
+                                          ("mixer_b16", dict(TINY_MIXER, num_blocks=1))], ids=["vit", "mixer"])
+def test_torch_compile_fullgraph(name, config):
+    """The whole model compiles into one graph (fused attention, LayerNorm, bias+GELU
+    and conv ops included) and trains like the eager model."""
+    model = M.create(name, num_classes=10, **config).to(DEVICE)
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out, ref = compiled(x), model(x)
+    assert_close(out, ref.double())
+    params = list(model.parameters())
+    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+        assert_close(a, b.double())
+
+
 def test_vit_rejects_other_image_sizes():
     model = M.create("vit_b_16", num_classes=10, **TINY_VIT)
     with pytest.raises(ValueError, match="expected 16x16"):
