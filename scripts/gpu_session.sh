@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# What one lent GPU session runs, in two device calls of at most 10 minutes each:
+# What one lent GPU session runs, in three device calls of at most 10 minutes each
+# (the install/build included), i.e. all of a session's 30 minutes of device time:
 #
 #   bash scripts/gpu_session.sh tests   # build, every test on CUDA, compute-sanitizer
 #   bash scripts/gpu_session.sh bench   # fastcnn bench report: conv2d, conv-BN-ReLU, models
-#   bash scripts/gpu_session.sh bench2  # fastcnn bench report: attention, depthwise, LRN
+#   bash scripts/gpu_session.sh bench2  # fastcnn bench report: attention, depthwise, LRN, separable,
+#                                       # ViT-B/16 and Mixer-B/16
 #
 # Everything lands in $OUT (the device tool brings it back); commit the raw results
 # under benchmarks/results/ with the GPU name, versions and date they carry.
@@ -25,18 +27,18 @@ tests)
   # tests/conftest.py sets FASTCNN_AUTOTUNE=0 (one tile configuration per kernel);
   # the second run autotunes for real (attention's dq is reset between trials, the
   # conv statistics read Autotuner.best_config).
-  FASTCNN_REQUIRE_EXT=1 timeout 300 python3 -m pytest tests -q -x -p no:cacheprovider \
+  FASTCNN_REQUIRE_EXT=1 timeout 270 python3 -m pytest tests -q -x -p no:cacheprovider \
     --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
   echo "tests exit $?"; tail -5 "$OUT/tests.log"
-  FASTCNN_AUTOTUNE=1 timeout 80 python3 -m pytest tests/test_attention_kernels.py tests/test_conv2d_igemm.py \
+  FASTCNN_AUTOTUNE=1 timeout 60 python3 -m pytest tests/test_attention_kernels.py tests/test_conv2d_igemm.py \
     -q -x -m gpu -p no:cacheprovider > "$OUT/tests-autotuned.log" 2>&1
   echo "autotuned tests exit $?"; tail -3 "$OUT/tests-autotuned.log"
   # The CUDA kernels (csrc/) under compute-sanitizer, at the GPU tests' small sizes.
   for tool in memcheck racecheck; do
-    timeout 55 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    timeout 50 compute-sanitizer --tool "$tool" --error-exitcode 9 \
       python3 -m pytest tests/test_ext.py -q -m gpu -p no:cacheprovider > "$OUT/sanitizer-$tool.log" 2>&1
     echo "compute-sanitizer $tool exit $?"; tail -3 "$OUT/sanitizer-$tool.log"
-    timeout 55 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+    timeout 50 compute-sanitizer --tool "$tool" --error-exitcode 9 \
       python3 -m pytest tests/test_winograd.py -q -m gpu -k "nchw or fused or chunks or zero_input" \
       -p no:cacheprovider > "$OUT/sanitizer-winograd-$tool.log" 2>&1
     echo "compute-sanitizer winograd $tool exit $?"; tail -3 "$OUT/sanitizer-winograd-$tool.log"
