@@ -111,6 +111,7 @@ def _chunk(pid_t, HW, ROWS, CHUNK, TILES_PER_SEG, TILING: tl.constexpr):
     return n_img, start, end
 
 
+@triton.jit
 def _load_channel(ptr, c, cmask):
     """A [1, BLOCK_C] tile of a contiguous per-channel (C,) vector."""
     return tl.load(ptr + c, mask=cmask, other=0.0)[None, :]
