@@ -148,7 +148,11 @@ def test_error_bounds(error_case, dtype):
         assert errs[name] <= bound, f"{name} {dtype}: relative error {errs[name]:.3e} > bound {bound:.1e}"
         # the bound is meaningful: not more than ~10x what we measure
         assert errs[name] > bound / 10
-    assert errs["F4x4_3x3"] > errs["F2x2_3x3"] > direct, (errs, direct)
+    # F(4x4)'s larger transforms cost accuracy. F(2x2) in fp32 is on par with a direct
+    # convolution, whose own error depends on the CPU kernel's summation order (2.2e-7
+    # on one machine, 4.2e-7 on another), so only F(4x4) is compared with it.
+    assert errs["F4x4_3x3"] > errs["F2x2_3x3"], errs
+    assert errs["F4x4_3x3"] > direct, (errs, direct)
 
 
 # ============================================================================ CUDA kernels
