@@ -1,4 +1,5 @@
-"""The ``fastcnn`` command: ``bench`` (the main job), ``profile`` (Nsight), ``info``."""
+"""The ``fastcnn`` command: ``bench`` (the main job), ``profile`` (Nsight), ``info``,
+``compile-check`` (every Triton kernel compiled for a GPU, without one)."""
 import argparse
 import os
 import sys
@@ -81,6 +82,18 @@ def cmd_profile(args) -> int:
     return profile(args)
 
 
+def cmd_compile_check(args) -> int:
+    import json
+    from fastcnn.bench import compile_check
+    report = compile_check.run(args.arch, quick=args.quick, families=args.families, jobs=args.jobs,
+                               verbose=args.verbose)
+    print(compile_check.format_summary(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 1 if report["failures"] else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastcnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,9 +145,29 @@ def main(argv=None) -> int:
     prof.add_argument("--out", default="profile-report", help="folder for the Nsight report")
     prof.set_defaults(fn=cmd_profile)
 
+    check = sub.add_parser("compile-check", help="compile every Triton kernel for a GPU architecture (no GPU "
+                                                 "needed) and report shared memory, registers and spills")
+    check.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (H100/H200), 80 (A100)")
+    check.add_argument("--quick", action="store_true", help="a few layers covering every kernel variant")
+    check.add_argument("--first-config", action="store_true",
+                       help="only each kernel's first autotune configuration, as the GPU tests run "
+                            "(FASTCNN_AUTOTUNE=0)")
+    check.add_argument("--families", nargs="+", default=None,
+                       help="workload families (conv2d batchnorm lrn attention transformer separable)")
+    check.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes (default: "
+                                                                            "one per CPU)")
+    check.add_argument("--json", default=None, help="write every compiled kernel's record here")
+    check.add_argument("-v", "--verbose", action="store_true", help="print each workload as it compiles")
+    check.set_defaults(fn=cmd_compile_check)
+
     args = parser.parse_args(argv)
     if args.command == "bench" and not args.compare and not _cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+    if args.command == "compile-check":
+        # Both are read when the kernel modules are imported, which has not happened yet.
+        os.environ.pop("TRITON_INTERPRET", None)
+        if args.first_config:
+            os.environ["FASTCNN_AUTOTUNE"] = "0"
     return args.fn(args)
 
 
