@@ -53,7 +53,7 @@ def test_records_carry_the_resources(quick_report):
     records = [r for r in report["records"] if not r["error"]]
     assert records and report["arch"] == 90 and report["max_shared_bytes"] == 227 * 1024
     assert all(0 <= r["shared"] <= report["max_shared_bytes"] for r in records)
-    if compile_check._cuobjdump() is not None:
+    if compile_check.cuobjdump() is not None:
         assert all(0 < r["registers"] <= 255 and r["stack"] >= 0 for r in records)
     # In 16-bit dtypes the tensor-core kernels lower tl.dot to Hopper's wgmma.
     for kernel in ("attention._attention_forward_kernel", "attention._attention_dkdv_kernel",
@@ -78,7 +78,14 @@ def test_failures_logic():
     assert fails[0] == "w: TypeError: y"
     assert "c [c] for w: CompilationError: x" in fails
     assert any("b for w: no configuration fits in 1000 bytes" in f and "1100" in f for f in fails)
-    rows = {r["kernel"]: r for r in compile_check.summary({"records": records, "max_shared_bytes": limit})}
+    report = {"records": records, "max_shared_bytes": limit}
+    rows = {r["kernel"]: r for r in compile_check.summary(report)}
     assert rows["a"]["over_shared"] == 1 and rows["a"]["max_shared"] == 1200
     assert rows["c"]["errors"] == 1
+    assert compile_check.spilling_launches(report) == []
+    records[0]["stack"] = 16  # a's only fitting configuration now spills
+    records += [_rec("d", 4, 10), _rec("d", 4, 20)]
+    records[-2]["stack"] = 8  # d has a spill-free configuration
+    (warning,) = compile_check.spilling_launches(report)
+    assert warning.startswith("a for w: 1 configuration(s)") and "16-byte stack frame" in warning
 

@@ -48,6 +48,21 @@ def test_built_archs(C):
             assert C.has_kernel_image_for(int(m.group(1)), int(m.group(2))), a
 
 
+def test_kernels_do_not_spill(C):
+    """Every CUDA kernel's SASS, for each built architecture, keeps its registers:
+    no stack frame beyond a few bytes (spills would go to local memory)."""
+    from fastcnn.bench.compile_check import cuobjdump
+    tool = cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (it comes with Triton's CUDA backend)")
+    import subprocess
+    out = subprocess.run([tool, "--dump-resource-usage", C.__file__], capture_output=True, text=True).stdout
+    kernels = re.findall(r"Function (\S+):\s+REG:(\d+) STACK:(\d+)", out)
+    assert len(kernels) >= 10, out[:2000]
+    heavy = [(name, int(reg), int(stack)) for name, reg, stack in kernels if int(stack) > 16]
+    assert not heavy, heavy
+
+
 def test_kernel_image_rules(C):
     archs = set(C.built_archs())
     if "sm_80" in archs:

@@ -67,7 +67,8 @@ class _TargetDriver:
         return torch.device("meta")
 
 
-def _cuobjdump():
+def cuobjdump():
+    """Path of the cuobjdump that Triton's CUDA backend ships (None if absent)."""
     import triton
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     return path if os.path.exists(path) else None
@@ -77,7 +78,7 @@ def resource_usage(cubin: bytes):
     """(registers, stack frame bytes) per thread of the one kernel in a cubin, by
     cuobjdump (Triton's own copy); (-1, -1) when it cannot be read. Spilled registers
     live in the stack frame (cuobjdump's LOCAL counts only other local memory)."""
-    tool = _cuobjdump()
+    tool = cuobjdump()
     if tool is None:
         return -1, -1
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -424,19 +425,38 @@ def run(arch: int = 90, quick: bool = False, families=None, jobs: int = 1, verbo
             "failures": failures(records, errors, limit)}
 
 
+def _launches(records):
+    """{(workload, launch): the records of its configurations}."""
+    launches = {}
+    for r in records:
+        launches.setdefault((r["workload"], r["launch"]), []).append(r)
+    return launches
+
+
 def failures(records, launcher_errors, max_shared) -> list[str]:
     """What fails the check: compile errors, launcher errors, and launches of which
     no configuration fits in shared memory."""
     out = [f"{e['workload']}: {e['error']}" for e in launcher_errors]
     out += [f"{r['kernel']} [{r['config']}] for {r['workload']}: {r['error']}" for r in records if r["error"]]
-    launches = {}
-    for r in records:
-        launches.setdefault((r["workload"], r["launch"]), []).append(r)
-    for (workload, _), recs in launches.items():
+    for (workload, _), recs in _launches(records).items():
         ok = [r for r in recs if not r["error"]]
         if max_shared and ok and all(r["shared"] > max_shared for r in ok):
             out.append(f"{recs[0]['kernel']} for {workload}: no configuration fits in {max_shared} bytes of "
                        f"shared memory (smallest needs {min(r['shared'] for r in ok)})")
+    return out
+
+
+def spilling_launches(report) -> list[str]:
+    """Launches whose every configuration that fits spills registers: the autotuner
+    has no spill-free choice there (a performance warning, not a failure)."""
+    out = []
+    limit = report["max_shared_bytes"] or float("inf")
+    for (workload, _), recs in _launches(report["records"]).items():
+        fits = [r for r in recs if not r["error"] and r["shared"] <= limit]
+        if fits and min(r["stack"] for r in fits) > 0:
+            best = min(fits, key=lambda r: r["stack"])
+            out.append(f"{best['kernel']} for {workload}: {len(fits)} configuration(s), the least spilling "
+                       f"[{best['config']}] has a {best['stack']}-byte stack frame")
     return out
 
 
@@ -473,6 +493,9 @@ def format_summary(report) -> str:
         lines.append(f"| {row['kernel']} | {row['compiled']} | {row['errors']} | {row['max_shared'] / 1024:.0f} | "
                      f"{row['over_shared']} | {row['max_registers']} | {row['spilling']} | {row['max_stack']} | "
                      f"{row['mma']} |")
+    spills = spilling_launches(report)
+    lines += ["", f"{len(spills)} launch(es) with no spill-free configuration" + (":" if spills else "")]
+    lines += [f"  {w}" for w in spills[:50]]
     fails = report["failures"]
     lines += ["", f"{len(fails)} failure(s)" + (":" if fails else "")] + [f"  {f}" for f in fails[:50]]
     return "\n".join(lines)
