@@ -242,3 +242,18 @@ def test_gpu_vit_sizes(D, dtype, causal):
     q, k, v = make_qkv(2, 4, 577, 577, D, dtype, layout="blhd")
     check(q, k, v, causal=causal)
     check(q, k, v, causal=causal, deterministic=True)
+
+
+def test_exact_fp32_calls_prune_to_the_fma_tiles():
+    """On the GPU an exact (ieee) fp32 dot runs on FMAs, where the tensor-core tiles
+    spill; the autotuner's prune hands such calls the small FMA tiles only."""
+    import triton
+    from fastcnn.triton_kernels import attention as at
+    mma = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}), triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
+    fma = at._FMA_CONFIGS[:len(at._FMA_TILES)]
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in fma] == at._FMA_TILES
+    configs = mma + fma
+    for dtype, prec, want in [(torch.float32, "ieee", fma), (torch.float32, "tf32", mma),
+                              (torch.bfloat16, "ieee", mma), (torch.float16, "ieee", mma)]:
+        got = at._fma_or_mma(configs, {"q_ptr": torch.empty(1, dtype=dtype)}, PREC=prec)
+        assert len(got) == len(want) and all(a is b for a, b in zip(got, want)), (dtype, prec)

@@ -141,34 +141,49 @@ LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
-def _forward_configs():
-    gpu = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-        for bm, bn, w, st in [
-            (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
-            (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2),
-            # with an additive mask only BLOCK_N = 32 and 8 warps compile without
-            # spills (ptxas for sm_90a, D = 64 and 128)
-            (128, 32, 8, 2),
-        ]
-    ]
+# fp32 inputs with an exact ("ieee") tl.dot, PyTorch's default, multiply on FMAs:
+# the tensor-core tiles spill thousands of bytes there (`fastcnn compile-check`,
+# sm_90, head_dim 64-128: 6-30 KB of stack), these small tiles do not.
+_FMA_TILES = [(32, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2), (16, 32, 4, 2), (32, 16, 2, 2), (16, 16, 2, 2)]
+_FMA_CONFIGS = []  # the Config objects themselves: the autotuner hands the same ones to the prune
+
+
+def _fma_or_mma(configs, named_args, **kwargs):
+    """early_config_prune: the FMA tiles for an fp32 exact dot, else the tensor-core ones."""
+    fma = named_args["q_ptr"].dtype == torch.float32 and kwargs.get("PREC") == "ieee"
+    return [c for c in configs if any(c is f for f in _FMA_CONFIGS) == fma] or configs
+
+
+def _configs(mma_tiles):
+    """Tensor-core tiles, then the FMA tiles (see _fma_or_mma)."""
+    gpu = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+           for bm, bn, w, st in mma_tiles + _FMA_TILES]
+    _FMA_CONFIGS.extend(gpu[len(mma_tiles):])
     return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
+
+
+def _forward_configs():
+    return _configs([
+        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
+        (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2),
+        # with an additive mask only BLOCK_N = 32 and 8 warps compile without
+        # spills (ptxas for sm_90a, D = 64 and 128)
+        (128, 32, 8, 2),
+    ])
 
 
 def _backward_configs():
     # dk/dv programs own BLOCK_N keys and loop over BLOCK_M queries (the dq kernel the
     # other way round); FA2 favours a small inner block and a large outer one.
-    gpu = [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-        for bm, bn, w, st in [
-            (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3),
-            (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4), (32, 64, 8, 3),
-        ]
-    ]
-    return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
+    return _configs([
+        (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3),
+        (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4), (32, 64, 8, 3),
+    ])
 
 
-_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT"]
+# PREC too: tf32 and exact fp32 calls of one shape prune to different tiles.
+_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT", "PREC"]
+_PRUNE = {"early_config_prune": _fma_or_mma}
 
 
 @triton.jit
@@ -195,7 +210,7 @@ def _dropout_keep(seed, dropout_p, bh, i, j, Lq, Lk):
     return tl.rand(seed, offset) >= dropout_p
 
 
-@triton.autotune(configs=_forward_configs(), key=_KEY)
+@triton.autotune(configs=_forward_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _attention_forward_kernel(
     q_ptr,    # (B, H, Lq, D)
@@ -349,7 +364,8 @@ def _attention_delta_kernel(
     tl.store(delta_ptr + bh * Lq + rows, delta, mask=offs_m < Lq)
 
 
-@triton.autotune(configs=_backward_configs(), key=_KEY + ["DETERMINISTIC"], reset_to_zero=["dq_ptr"])
+@triton.autotune(configs=_backward_configs(), key=_KEY + ["DETERMINISTIC"], reset_to_zero=["dq_ptr"],
+                 prune_configs_by=_PRUNE)
 @triton.jit
 def _attention_dkdv_kernel(
     q_ptr,      # (B, H, Lq, D)
@@ -433,7 +449,7 @@ def _attention_dkdv_kernel(
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_ok)
 
 
-@triton.autotune(configs=_backward_configs(), key=_KEY)
+@triton.autotune(configs=_backward_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _attention_dq_kernel(
     q_ptr,      # (B, H, Lq, D)
