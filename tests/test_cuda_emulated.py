@@ -1,0 +1,204 @@
+"""The CUDA backend (csrc/ kernels, bindings.cpp and the torch wrappers in
+fastcnn/ops/_cuda_*.py) run on the CPU through a host emulation of CUDA
+(tests/cuda_emu/build.py says what it checks and what it cannot), against float64
+references: LRN, depthwise convolution and Winograd, forward and backward, odd sizes,
+empty batches, every layout and dtype. On a GPU the gpu-marked tests of
+test_lrn.py, test_depthwise.py and test_winograd.py run the same kernels for real."""
+import contextlib
+import os
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastcnn import _ext
+from fastcnn.ops import _cuda_depthwise as cd
+from fastcnn.ops import _cuda_lrn as cl
+from fastcnn.ops import _cuda_winograd as cw
+from fastcnn.triton_kernels import lrn as lrn_kernels
+from fastcnn.triton_kernels.winograd import VARIANTS, WINOGRAD_REL_ERROR_BOUND
+from helpers import expanded_grad, make_input, rel_error
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+# relative-norm bounds against float64, as the GPU tests of the same kernels use
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float64: 1e-10}
+
+
+@pytest.fixture(scope="session")
+def emulated_C():
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is needed to build the host emulation of csrc/")
+    pytest.importorskip("pybind11")
+    from cuda_emu.build import build
+    cache = Path(os.environ.get("FASTCNN_EMU_CACHE", Path.home() / ".cache" / "fastcnn" / "cuda-emu"))
+    return build(cache)
+
+
+@pytest.fixture
+def cuda(emulated_C, monkeypatch):
+    """fastcnn's CUDA wrappers bound to the emulated module, on CPU tensors."""
+    monkeypatch.setattr(_ext, "_require_module", lambda op: emulated_C)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    cw.FILTER_CACHE.clear()
+    yield emulated_C
+    cw.FILTER_CACHE.clear()
+
+
+def _input(shape, dtype, layout, scale=1.0):
+    return make_input(shape, dtype, layout).mul_(scale)  # in place: keeps the layout
+
+
+# ----------------------------------------------------------------------------- the emulator itself
+
+def test_half_and_bfloat16_conversions_round_like_torch(cuda):
+    """axpby (csrc/smoke.cu) computes alpha * x + beta * y in fp32 and rounds once: the
+    emulated conversions must give torch's bits, subnormals, infinities and ties included."""
+    for dtype in (torch.float16, torch.bfloat16):
+        info = torch.finfo(dtype)
+        x = torch.cat([torch.randn(4000) * s for s in (1e-6, 1e-3, 1.0, 1e3)]
+                      + [torch.tensor([0.0, -0.0, info.tiny, info.max, float("inf"), -float("inf")])]).to(dtype)
+        y = torch.randn(x.shape).to(dtype)
+        for alpha, beta in [(1.0, 0.0), (1 / 3, 0.0), (0.7, 1.3)]:
+            out = torch.empty_like(x)
+            cuda.axpby(x.numel(), alpha, x.data_ptr(), beta, y.data_ptr(), out.data_ptr(),
+                       _ext._dtype_code(cuda, dtype))
+            want = (x.float() * torch.tensor(alpha, dtype=torch.float32)
+                    + y.float() * torch.tensor(beta, dtype=torch.float32)).to(dtype)
+            assert torch.equal(out.view(torch.int16), want.view(torch.int16)), (dtype, alpha, beta)
+
+
+# ----------------------------------------------------------------------------- LRN
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
+@pytest.mark.parametrize("size, within", [(5, False), (2, False), (1, False), (3, True), (4, True)])
+def test_lrn_forward_backward(cuda, dtype, layout, size, within):
+    alpha, beta, k = 2e-2, 0.75, 1.5
+    x = _input((2, 7, 5, 6), dtype, layout, scale=2.0)
+    y, scale = cl.lrn_forward(x, size, alpha, beta, k, within, True)
+    ref, ref_scale = lrn_kernels.lrn_forward_reference(x.double(), size, alpha, beta, k, within)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert rel_error(y, ref) <= TOL[dtype]
+    assert rel_error(scale, ref_scale) <= TOL[torch.float64 if dtype == torch.float64 else torch.float32]
+    dy = expanded_grad(x.shape, dtype) if layout == "noncontig" else _input(x.shape, dtype, layout)
+    dx = cl.lrn_backward(dy, x, y, scale, size, alpha, beta, k, within)
+    want = lrn_kernels.lrn_backward_reference(dy.double(), x.double(), size, alpha, beta, k, within)
+    assert dx.shape == x.shape and rel_error(dx, want) <= 2 * TOL[dtype]
+
+
+def test_lrn_empty_and_single(cuda):
+    x = torch.randn(0, 4, 3, 3)
+    y, _ = cl.lrn_forward(x, 3, 1e-2, 0.75, 1.0, False, True)
+    assert y.shape == x.shape
+    x = torch.randn(1, 1, 1, 1, dtype=torch.float64)
+    y, _ = cl.lrn_forward(x, 5, 1e-2, 0.75, 1.0, False, True)
+    assert rel_error(y, lrn_kernels.lrn_forward_reference(x, 5, 1e-2, 0.75, 1.0)[0]) <= 1e-12
+
+
+# ----------------------------------------------------------------------------- depthwise
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
+@pytest.mark.parametrize("n, m, ks, stride, padding, dilation", [
+    (2, 1, 3, 1, 1, 1), (1, 2, 3, 2, 1, 1), (2, 1, 5, 1, 2, 1), (1, 2, 5, 2, 0, 1), (1, 1, 7, 2, 3, 1),
+    (1, 1, 3, 1, 2, 2), (0, 1, 3, 1, 1, 1),
+    (1, 2, 3, 2, (2, 1), (2, 1)),  # unequal padding and dilation pairs: h and w never swap
+])
+def test_depthwise_forward_backward(cuda, dtype, layout, n, m, ks, stride, padding, dilation):
+    c, h, w_ = 3, 11, 9
+    x = _input((n, c, h, w_), dtype, layout)
+    w = (torch.randn(c * m, 1, ks, ks) / ks).to(dtype)
+    b = torch.randn(c * m).to(dtype)
+    stride, padding, dilation = (list(v) if isinstance(v, tuple) else [v] * 2 for v in (stride, padding, dilation))
+    geo = (stride, padding, dilation, c)
+    assert not cd.geometry_reasons(c, c * m, w.shape, geo[0], c)
+    y = cd.forward(x, w, b, None, *geo, "none")
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation, c)
+    assert y.dtype == dtype and y.shape == ref.shape
+    if layout == "nhwc" and n:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    if ref.numel():
+        assert rel_error(y, ref) <= TOL[dtype]
+    dy = expanded_grad(ref.shape, dtype) if layout == "noncontig" else _input(ref.shape, dtype, layout)
+    dx = cd.input_grad(dy, w, list(x.shape), *geo)
+    dw = cd.weight_grad(dy, x, list(w.shape), *geo)
+    want_dx, want_dw, _ = torch.ops.aten.convolution_backward(
+        dy.double(), x.double(), w.double(), None, stride, padding, dilation, False, [0, 0], c,
+        [True, True, False])
+    assert dx.shape == x.shape and dw.shape == w.shape
+    if n:
+        assert rel_error(dx, want_dx) <= 4 * TOL[dtype]
+        assert rel_error(dw, want_dw) <= 4 * TOL[dtype]
+    else:
+        assert (dw == 0).all()
+
+
+# ----------------------------------------------------------------------------- Winograd
+
+def _bound(variant, dtype):
+    return WINOGRAD_REL_ERROR_BOUND[(variant, torch.float16 if dtype == torch.bfloat16 else dtype)] * \
+        (8 if dtype == torch.bfloat16 else 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
+@pytest.mark.parametrize("n, h, w, padding", [(2, 9, 7, (1, 1)), (1, 6, 11, (0, 0)), (1, 5, 6, (2, 2)),
+                                              (1, 7, 5, (2, 0)), (0, 6, 6, (1, 1))])
+def test_winograd_forward_and_input_grad(cuda, dtype, variant, layout, n, h, w, padding):
+    c, k = 19, 21  # not multiples of the GEMM's 64 x 64 tiles or its 16/32-deep steps
+    x = _input((n, c, h, w), dtype, layout)
+    wt = (torch.randn(k, c, 3, 3) / 3).to(dtype)
+    pad = list(padding)
+    y = cw.forward(x, wt, None, None, [1, 1], pad, [1, 1], 1, "none", variant=variant)
+    ref = F.conv2d(x.double(), wt.double(), None, 1, pad)
+    assert y.dtype == dtype and y.shape == ref.shape
+    if ref.numel():
+        assert torch.isfinite(y).all() and rel_error(y, ref) <= _bound(variant, dtype)
+    dy = expanded_grad(ref.shape, dtype) if layout == "noncontig" else _input(ref.shape, dtype, layout)
+    dx = cw.input_grad(dy, wt, list(x.shape), [1, 1], pad, [1, 1], 1, variant=variant)
+    want = torch.ops.aten.convolution_backward(dy.double(), x.double(), wt.double(), None, [1, 1], pad, [1, 1],
+                                               False, [0, 0], 1, [True, False, False])[0]
+    assert dx.shape == x.shape and dx.dtype == dtype
+    if want.numel():
+        assert rel_error(dx, want) <= _bound(variant, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", list(cw.ACTIVATIONS))
+def test_winograd_fused_bias_residual_activation(cuda, dtype, activation):
+    from fastcnn.triton_kernels import reference
+    x = _input((2, 16, 10, 9), dtype, "nhwc")
+    wt = (torch.randn(24, 16, 3, 3) / 4).to(dtype)
+    b = torch.randn(24).to(dtype)
+    res = _input((2, 24, 10, 9), dtype, "noncontig")
+    y = cw.forward(x, wt, b, res, [1, 1], [1, 1], [1, 1], 1, activation)
+    want = reference.conv2d_forward(x.double(), wt.double(), b.double(), res.double(), [1, 1], [1, 1], [1, 1], 1,
+                                    activation)
+    assert rel_error(y, want) <= 2 * _bound(cw.VARIANT_FOR_DTYPE[dtype], dtype)
+
+
+def test_winograd_filter_transform_cache_and_batch_chunks(cuda, monkeypatch):
+    x = _input((5, 8, 12, 12), torch.float32, "nchw")
+    wt = torch.randn(70, 8, 3, 3)  # two 64-channel GEMM tiles
+    y1 = cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none")
+    y2 = cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none")
+    assert cw.FILTER_CACHE.misses == 1 and cw.FILTER_CACHE.hits == 1 and torch.equal(y1, y2)
+    for variant in VARIANTS:
+        for flip in (False, True):
+            torch.testing.assert_close(cw.filter_transform(wt, variant, flip=flip),
+                                       cw.reference_filter_transform(wt, variant, flip=flip).float(),
+                                       rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(cw, "WORKSPACE_BYTES", 1)  # one image per chunk: the same numbers
+    torch.testing.assert_close(cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none"), y1, rtol=0, atol=0)
+    assert rel_error(y1, F.conv2d(x.double(), wt.double(), None, 1, 1)) <= _bound("F4x4_3x3", torch.float32)
+
+
+def test_winograd_zero_input_channels_gives_bias(cuda):
+    b = torch.randn(4)
+    y = cw.forward(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3), b, None, [1, 1], [1, 1], [1, 1], 1, "relu")
+    torch.testing.assert_close(y, F.relu(b)[None, :, None, None].expand(2, 4, 5, 5))
