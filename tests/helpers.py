@@ -46,13 +46,14 @@ def make_input(shape, dtype=torch.float32, layout="nchw", device=DEVICE, require
     """A random tensor in the given layout: 'nchw', 'nhwc' (channels_last),
     'noncontig' (a strided slice of a larger tensor)."""
     if layout == "noncontig":
+        # sliced after the cast: .to() of a strided slice would return a contiguous copy
         n, c, h, w = shape
-        t = torch.randn(n, c * 2, h, w + 3, device=device, dtype=torch.float32)[:, ::2, :, 1:w + 1]
+        t = torch.randn(n, c * 2, h, w + 3, device=device, dtype=torch.float32).to(dtype)[:, ::2, :, 1:w + 1]
     else:
         t = torch.randn(shape, device=device, dtype=torch.float32)
         if layout == "nhwc":
             t = t.contiguous(memory_format=torch.channels_last)
-    t = t.to(dtype)
+        t = t.to(dtype)
     assert tuple(t.shape) == tuple(shape)
     return t.requires_grad_(requires_grad)
 
