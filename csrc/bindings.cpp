@@ -520,6 +520,10 @@ PYBIND11_MODULE(_C, m) {
         "residual may be 0; activation 0..4 = none, relu, relu6, silu, gelu; v_workspace: "
         "(m+2)^2 * c * P elements of u's type, m_workspace: (m+2)^2 * k * P float32, P = n * "
         "ceil(oh/m) * ceil(ow/m).");
+  m.def("_force_int64_indexing", [](bool force) { fastcnn::force_int64_indexing() = force; },
+        py::arg("force"),
+        "For tests: make every kernel with a 32-bit index instantiation (LRN, depthwise) take "
+        "its 64-bit one, which real shapes reach only past 2^31 elements.");
   m.def("available", &available,
         "(ok, reason): whether a CUDA device this build has code for is present; reason is a "
         "sentence saying why not (no driver, no device, no kernel image) or None.");

@@ -17,7 +17,8 @@
 //   instead of launching.  A zero-sized problem returns cudaSuccess without
 //   launching (a zero-sized grid is itself a launch error).
 // * Indices and sizes are 64-bit (index_t); a kernel that wants 32-bit
-//   arithmetic for speed must prove the problem fits first.
+//   arithmetic for speed must prove the problem fits first (offsets_fit_int32,
+//   and the Divmod / Decode4 / Strides4 helpers below).
 // * After each <<<>>> launch use FASTCNN_CHECK_LAUNCH(); wrap other runtime
 //   calls in FASTCNN_CHECK(...).
 // * Each kernel file declares its entry points in the "entry points" section at
@@ -51,6 +52,29 @@ inline const char* dtype_name(int code) {
     case kFloat64: return "float64";
     default: return "unknown";
   }
+}
+
+// Whether a tensor of these sizes and (non-negative) element strides has its element
+// count and every element offset below 2^31: the condition for a kernel's 32-bit
+// index instantiation.  force_int64_indexing() (set from Python by
+// _C._force_int64_indexing, for tests) makes every kernel take its 64-bit one.
+inline bool& force_int64_indexing() {
+  static bool force = false;
+  return force;
+}
+
+inline bool offsets_fit_int32(index_t n, index_t c, index_t h, index_t w, const index_t* stride) {
+  constexpr index_t kMax = 0x7fffffff;
+  if (force_int64_indexing()) return false;
+  if (n <= 0 || c <= 0 || h <= 0 || w <= 0) return true;  // nothing is addressed
+  if (n > kMax / c || n * c > kMax / h || n * c * h > kMax / w) return false;
+  index_t last = 0;  // offset of the last element; every stride is >= 0
+  const index_t extent[4] = {n, c, h, w};
+  for (int d = 0; d < 4; ++d) {
+    if (stride[d] < 0 || (stride[d] > 0 && extent[d] - 1 > (kMax - last) / stride[d])) return false;
+    last += (extent[d] - 1) * stride[d];
+  }
+  return true;
 }
 
 }  // namespace fastcnn
@@ -88,6 +112,97 @@ inline unsigned int grid_stride_blocks(index_t n, int threads, unsigned int max_
   if (blocks > static_cast<index_t>(max_blocks)) blocks = max_blocks;
   return static_cast<unsigned int>(blocks);
 }
+
+// ---- 32-bit index arithmetic where the problem fits
+//
+// A GPU has no integer divider: n / d is a routine of about 20 instructions in 32
+// bits and 70 in 64, and a 64-bit offset takes two registers and twice the
+// multiply-adds.  Memory-bound kernels that decode a flat index into (n, c, h, w)
+// per element are instantiated for I = int32_t (when offsets_fit_int32 proves every
+// offset fits) and I = int64_t (the rest), and divide through Divmod<I>.
+
+// Division by a divisor fixed at launch (>= 1).  Divmod<int32_t> is a multiply-high,
+// an add and a shift (Granlund & Montgomery, "Division by invariant integers using
+// multiplication", 1994; as PyTorch's IntDivider), exact for dividends in [0, 2^31);
+// Divmod<int64_t> divides.
+template <typename I>
+struct Divmod;
+
+template <>
+struct Divmod<std::int32_t> {
+  std::uint32_t d = 1, magic = 1, shift = 0;
+  Divmod() = default;
+  explicit Divmod(index_t divisor) : d(static_cast<std::uint32_t>(divisor)) {
+    while (shift < 32 && (std::uint64_t{1} << shift) < d) ++shift;  // 2^shift >= d
+    magic = static_cast<std::uint32_t>(
+        ((std::uint64_t{1} << 32) * ((std::uint64_t{1} << shift) - d)) / d + 1);
+  }
+  FASTCNN_DEVICE std::int32_t div(std::int32_t n) const {
+    const std::uint32_t u = static_cast<std::uint32_t>(n);
+    return static_cast<std::int32_t>((__umulhi(u, magic) + u) >> shift);
+  }
+  // n / d, and n % d in rem
+  FASTCNN_DEVICE std::int32_t divmod(std::int32_t n, std::int32_t& rem) const {
+    const std::int32_t q = div(n);
+    rem = n - q * static_cast<std::int32_t>(d);
+    return q;
+  }
+};
+
+template <>
+struct Divmod<std::int64_t> {
+  std::int64_t d = 1;
+  Divmod() = default;
+  explicit Divmod(index_t divisor) : d(divisor) {}
+  FASTCNN_DEVICE std::int64_t div(std::int64_t n) const { return n / d; }
+  FASTCNN_DEVICE std::int64_t divmod(std::int64_t n, std::int64_t& rem) const {
+    const std::int64_t q = n / d;
+    rem = n - q * d;
+    return q;
+  }
+};
+
+// i -> (n, c, h, w) of an (n, c, h, w) index space traversed w innermost (NCHW) or c
+// innermost (channels_last): a grid-stride loop in the order of the tensor it writes
+// has consecutive threads store to consecutive addresses.
+template <typename I>
+struct Decode4 {
+  Divmod<I> d0, d1, d2;  // the three inner extents, innermost first
+  bool channels_inner = false;
+  Decode4() = default;
+  Decode4(index_t c, index_t h, index_t w, bool channels_inner_)
+      : d0(channels_inner_ ? c : w), d1(channels_inner_ ? w : h), d2(channels_inner_ ? h : c),
+        channels_inner(channels_inner_) {}
+  FASTCNN_DEVICE void operator()(I i, I& n, I& c, I& h, I& w) const {
+    I r0, r1, r2;
+    i = d0.divmod(i, r0);
+    i = d1.divmod(i, r1);
+    n = d2.divmod(i, r2);
+    if (channels_inner) {
+      c = r0, w = r1, h = r2;
+    } else {
+      w = r0, h = r1, c = r2;
+    }
+  }
+};
+
+// launch(std::int32_t{}) when `fits`, else launch(std::int64_t{}): a launcher's generic
+// lambda instantiates its kernel for both index types and runs the one that applies.
+template <typename Launch>
+cudaError_t with_index_type(bool fits, Launch&& launch) {
+  return fits ? launch(std::int32_t{}) : launch(std::int64_t{});
+}
+
+// Element strides of a 4-d tensor in the kernel's index type.
+template <typename I>
+struct Strides4 {
+  I n, c, h, w;
+  Strides4() = default;
+  explicit Strides4(const index_t* s)
+      : n(static_cast<I>(s[0])), c(static_cast<I>(s[1])), h(static_cast<I>(s[2])),
+        w(static_cast<I>(s[3])) {}
+  FASTCNN_DEVICE I at(I n_, I c_, I h_, I w_) const { return n_ * n + c_ * c + h_ * h + w_ * w; }
+};
 
 }  // namespace fastcnn
 #endif  // __CUDACC__

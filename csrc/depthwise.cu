@@ -13,6 +13,9 @@
 //   stores coalesce in both layouts.  The weight (k x kh x kw, tiny) stays in L1.
 //   The input gradient is a gather (no atomics): each dx element sums the dy
 //   taps that read it, skipping stride phases that do not divide.
+// * Every kernel exists for 32-bit and 64-bit indices (see common.cuh): the 32-bit
+//   one, taken when offsets_fit_int32 holds for every tensor, replaces the per-element
+//   and per-tap integer divisions with multiply-shift ones (Divmod).
 // * weight gradient: one block per weight element (k, r, s) reduces dy * x over
 //   the N * OH * OW output pixels with a fixed-order shared-memory tree:
 //   deterministic, no atomics.
@@ -41,122 +44,101 @@ struct DwConvert<__nv_bfloat16, float> {
   static FASTCNN_DEVICE __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
 };
 
-struct DwStrides {
-  index_t n, c, h, w;
-};
-
+// Sizes of one call in the kernel's index type I (int32_t when every offset fits,
+// see offsets_fit_int32), with the divisors the kernels divide by.
+template <typename I>
 struct DwGeom {
-  index_t n, c, h, w;   // input
-  index_t k, oh, ow;    // output channels (c * m) and spatial size
+  I n, c, h, w;   // input
+  I k, oh, ow;    // output channels (c * m) and spatial size
   int m, kh, kw, sh, sw, ph, pw, dh, dw;
+  Divmod<I> m_div, sh_div, sw_div;  // k / m; the input gradient's stride phases
+  Divmod<I> ow_div, oh_div;         // the weight gradient's pixel index -> (n, oh, ow)
 };
 
-FASTCNN_DEVICE index_t at(const DwStrides& s, index_t n, index_t c, index_t h, index_t w) {
-  return n * s.n + c * s.c + h * s.h + w * s.w;
-}
-
-// i -> (n, c, h, w) of a (n, c, h, w) index space, channel innermost or w innermost.
-FASTCNN_DEVICE void decode4(index_t i, index_t C, index_t H, index_t W, bool channels_inner,
-                            index_t& n, index_t& c, index_t& h, index_t& w) {
-  if (channels_inner) {
-    c = i % C;
-    i /= C;
-    w = i % W;
-    i /= W;
-    h = i % H;
-    n = i / H;
-  } else {
-    w = i % W;
-    i /= W;
-    h = i % H;
-    i /= H;
-    c = i % C;
-    n = i / C;
-  }
-}
-
-template <typename T, typename Acc>
-__global__ void dw_forward_kernel(DwGeom g, bool channels_inner, const T* __restrict__ x,
-                                  DwStrides xs, const T* __restrict__ wt, DwStrides ws,
+// The loop counters of the grid-stride loops stay 64-bit so that i + step cannot
+// overflow I.
+template <typename T, typename Acc, typename I>
+__global__ void dw_forward_kernel(DwGeom<I> g, Decode4<I> decode, const T* __restrict__ x,
+                                  Strides4<I> xs, const T* __restrict__ wt, Strides4<I> ws,
                                   const T* __restrict__ bias, index_t bias_stride,
-                                  T* __restrict__ y, DwStrides ys) {
+                                  T* __restrict__ y, Strides4<I> ys) {
   using Cv = DwConvert<T, Acc>;
-  const index_t total = g.n * g.k * g.oh * g.ow;
+  const index_t total = static_cast<index_t>(g.n) * g.k * g.oh * g.ow;
   const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += step) {
-    index_t n, k, oh, ow;
-    decode4(i, g.k, g.oh, g.ow, channels_inner, n, k, oh, ow);
-    const index_t c = k / g.m;
+    I n, k, oh, ow;
+    decode(static_cast<I>(i), n, k, oh, ow);
+    const I c = g.m_div.div(k);
     Acc acc = bias != nullptr ? Cv::load(bias[k * bias_stride]) : Acc(0);
     for (int r = 0; r < g.kh; ++r) {
-      const index_t ih = oh * g.sh - g.ph + static_cast<index_t>(r) * g.dh;
+      const I ih = oh * g.sh - g.ph + r * g.dh;
       if (ih < 0 || ih >= g.h) continue;
       for (int s = 0; s < g.kw; ++s) {
-        const index_t iw = ow * g.sw - g.pw + static_cast<index_t>(s) * g.dw;
+        const I iw = ow * g.sw - g.pw + s * g.dw;
         if (iw < 0 || iw >= g.w) continue;
-        acc += Cv::load(x[at(xs, n, c, ih, iw)]) * Cv::load(wt[at(ws, k, 0, r, s)]);
+        acc += Cv::load(x[xs.at(n, c, ih, iw)]) * Cv::load(wt[ws.at(k, 0, r, s)]);
       }
     }
-    y[at(ys, n, k, oh, ow)] = Cv::store(acc);
+    y[ys.at(n, k, oh, ow)] = Cv::store(acc);
   }
 }
 
-template <typename T, typename Acc>
-__global__ void dw_input_grad_kernel(DwGeom g, bool channels_inner, const T* __restrict__ dy,
-                                     DwStrides dys, const T* __restrict__ wt, DwStrides ws,
-                                     T* __restrict__ dx, DwStrides dxs) {
+template <typename T, typename Acc, typename I>
+__global__ void dw_input_grad_kernel(DwGeom<I> g, Decode4<I> decode, const T* __restrict__ dy,
+                                     Strides4<I> dys, const T* __restrict__ wt, Strides4<I> ws,
+                                     T* __restrict__ dx, Strides4<I> dxs) {
   using Cv = DwConvert<T, Acc>;
-  const index_t total = g.n * g.c * g.h * g.w;
+  const index_t total = static_cast<index_t>(g.n) * g.c * g.h * g.w;
   const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += step) {
-    index_t n, c, h, w;
-    decode4(i, g.c, g.h, g.w, channels_inner, n, c, h, w);
+    I n, c, h, w;
+    decode(static_cast<I>(i), n, c, h, w);
     Acc acc = Acc(0);
     for (int mm = 0; mm < g.m; ++mm) {
-      const index_t k = c * g.m + mm;
+      const I k = c * g.m + mm;
       for (int r = 0; r < g.kh; ++r) {
-        const index_t th = h + g.ph - static_cast<index_t>(r) * g.dh;  // = oh * sh
-        if (th < 0 || th % g.sh != 0) continue;
-        const index_t oh = th / g.sh;
-        if (oh >= g.oh) continue;
+        const I th = h + g.ph - r * g.dh;  // = oh * sh
+        if (th < 0) continue;
+        I phase;
+        const I oh = g.sh_div.divmod(th, phase);
+        if (phase != 0 || oh >= g.oh) continue;
         for (int s = 0; s < g.kw; ++s) {
-          const index_t tw = w + g.pw - static_cast<index_t>(s) * g.dw;
-          if (tw < 0 || tw % g.sw != 0) continue;
-          const index_t ow = tw / g.sw;
-          if (ow >= g.ow) continue;
-          acc += Cv::load(dy[at(dys, n, k, oh, ow)]) * Cv::load(wt[at(ws, k, 0, r, s)]);
+          const I tw = w + g.pw - s * g.dw;
+          if (tw < 0) continue;
+          const I ow = g.sw_div.divmod(tw, phase);
+          if (phase != 0 || ow >= g.ow) continue;
+          acc += Cv::load(dy[dys.at(n, k, oh, ow)]) * Cv::load(wt[ws.at(k, 0, r, s)]);
         }
       }
     }
-    dx[at(dxs, n, c, h, w)] = Cv::store(acc);
+    dx[dxs.at(n, c, h, w)] = Cv::store(acc);
   }
 }
 
 constexpr int kWgradThreads = 256;
 
-template <typename T, typename Acc>
-__global__ void dw_weight_grad_kernel(DwGeom g, const T* __restrict__ dy, DwStrides dys,
-                                      const T* __restrict__ x, DwStrides xs,
-                                      T* __restrict__ dwt, DwStrides dws) {
+template <typename T, typename Acc, typename I>
+__global__ void dw_weight_grad_kernel(DwGeom<I> g, const T* __restrict__ dy, Strides4<I> dys,
+                                      const T* __restrict__ x, Strides4<I> xs,
+                                      T* __restrict__ dwt, Strides4<I> dws) {
   using Cv = DwConvert<T, Acc>;
   __shared__ Acc partial[kWgradThreads];
   const index_t e = blockIdx.x;  // (k, r, s)
   const int s = static_cast<int>(e % g.kw);
   const int r = static_cast<int>((e / g.kw) % g.kh);
-  const index_t k = e / (static_cast<index_t>(g.kw) * g.kh);
-  const index_t c = k / g.m;
-  const index_t pixels = g.n * g.oh * g.ow;
+  const I k = static_cast<I>(e / (static_cast<index_t>(g.kw) * g.kh));
+  const I c = g.m_div.div(k);
+  const index_t pixels = static_cast<index_t>(g.n) * g.oh * g.ow;
   Acc acc = Acc(0);
   for (index_t j = threadIdx.x; j < pixels; j += kWgradThreads) {
-    const index_t ow = j % g.ow;
-    const index_t oh = (j / g.ow) % g.oh;
-    const index_t n = j / (g.ow * g.oh);
-    const index_t ih = oh * g.sh - g.ph + static_cast<index_t>(r) * g.dh;
-    const index_t iw = ow * g.sw - g.pw + static_cast<index_t>(s) * g.dw;
+    I ow, oh;
+    const I n = g.oh_div.divmod(g.ow_div.divmod(static_cast<I>(j), ow), oh);
+    const I ih = oh * g.sh - g.ph + r * g.dh;
+    const I iw = ow * g.sw - g.pw + s * g.dw;
     if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) continue;
-    acc += Cv::load(dy[at(dys, n, k, oh, ow)]) * Cv::load(x[at(xs, n, c, ih, iw)]);
+    acc += Cv::load(dy[dys.at(n, k, oh, ow)]) * Cv::load(x[xs.at(n, c, ih, iw)]);
   }
   partial[threadIdx.x] = acc;
   __syncthreads();
@@ -164,10 +146,8 @@ __global__ void dw_weight_grad_kernel(DwGeom g, const T* __restrict__ dy, DwStri
     if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
     __syncthreads();
   }
-  if (threadIdx.x == 0) dwt[at(dws, k, 0, r, s)] = Cv::store(partial[0]);
+  if (threadIdx.x == 0) dwt[dws.at(k, 0, r, s)] = Cv::store(partial[0]);
 }
-
-DwStrides dw_strides(const index_t* s) { return DwStrides{s[0], s[1], s[2], s[3]}; }
 
 constexpr int kThreads = 256;
 
@@ -175,9 +155,34 @@ bool valid_dtype(int dtype) {
   return dtype == kFloat32 || dtype == kFloat16 || dtype == kBFloat16 || dtype == kFloat64;
 }
 
-// Checks shared by the three entry points; fills g.
-bool make_geom(DwGeom& g, index_t n, index_t c, index_t h, index_t w, int m, int kh, int kw,
-               int sh, int sw, int ph, int pw, int dh, int dw, index_t oh, index_t ow) {
+// The call's sizes as the entry points receive them; geometry<I>() is the kernels' view.
+struct DwProblem {
+  index_t n, c, h, w;   // input
+  index_t k, oh, ow;    // output channels (c * m) and spatial size
+  int m, kh, kw, sh, sw, ph, pw, dh, dw;
+
+  // Whether the input-, output- and weight-shaped tensors with these strides allow
+  // 32-bit offsets.
+  bool fits_int32(const index_t* input_stride, const index_t* output_stride,
+                  const index_t* weight_stride) const {
+    return offsets_fit_int32(n, c, h, w, input_stride) &&
+           offsets_fit_int32(n, k, oh, ow, output_stride) &&
+           offsets_fit_int32(k, 1, kh, kw, weight_stride);
+  }
+  template <typename I>
+  DwGeom<I> geometry() const {
+    return DwGeom<I>{static_cast<I>(n), static_cast<I>(c), static_cast<I>(h), static_cast<I>(w),
+                     static_cast<I>(k), static_cast<I>(oh), static_cast<I>(ow),
+                     m, kh, kw, sh, sw, ph, pw, dh, dw,
+                     Divmod<I>(m), Divmod<I>(sh), Divmod<I>(sw),
+                     Divmod<I>(ow > 0 ? ow : 1), Divmod<I>(oh > 0 ? oh : 1)};
+  }
+};
+
+// Checks shared by the three entry points; fills p.
+bool make_problem(DwProblem& p, index_t n, index_t c, index_t h, index_t w, int m, int kh,
+                  int kw, int sh, int sw, int ph, int pw, int dh, int dw, index_t oh,
+                  index_t ow) {
   if (n < 0 || c < 0 || h < 0 || w < 0 || oh < 0 || ow < 0) return false;
   if (m < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || dh < 1 || dw < 1)
     return false;
@@ -186,44 +191,55 @@ bool make_geom(DwGeom& g, index_t n, index_t c, index_t h, index_t w, int m, int
   const index_t span_w = w + 2 * static_cast<index_t>(pw) - static_cast<index_t>(dw) * (kw - 1) - 1;
   if (oh != (span_h < 0 ? 0 : span_h / sh + 1)) return false;
   if (ow != (span_w < 0 ? 0 : span_w / sw + 1)) return false;
-  g = DwGeom{n, c, h, w, c * m, oh, ow, m, kh, kw, sh, sw, ph, pw, dh, dw};
+  p = DwProblem{n, c, h, w, c * m, oh, ow, m, kh, kw, sh, sw, ph, pw, dh, dw};
   return true;
 }
 
 template <typename T, typename Acc>
-cudaError_t launch_fwd(const DwGeom& g, const void* x, const index_t* xs, const void* wt,
+cudaError_t launch_fwd(const DwProblem& p, const void* x, const index_t* xs, const void* wt,
                        const index_t* ws, const void* bias, index_t bias_stride, void* y,
                        const index_t* ys, cudaStream_t stream) {
-  const index_t total = g.n * g.k * g.oh * g.ow;
-  dw_forward_kernel<T, Acc><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
-      g, ys[1] == 1 && g.k > 1, static_cast<const T*>(x), dw_strides(xs),
-      static_cast<const T*>(wt), dw_strides(ws), static_cast<const T*>(bias), bias_stride,
-      static_cast<T*>(y), dw_strides(ys));
-  FASTCNN_CHECK_LAUNCH();
-  return cudaSuccess;
+  const index_t total = p.n * p.k * p.oh * p.ow;
+  return with_index_type(p.fits_int32(xs, ys, ws), [&](auto index) {
+    using I = decltype(index);
+    dw_forward_kernel<T, Acc, I><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
+        p.geometry<I>(), Decode4<I>(p.k, p.oh, p.ow, ys[1] == 1 && p.k > 1),
+        static_cast<const T*>(x), Strides4<I>(xs), static_cast<const T*>(wt), Strides4<I>(ws),
+        static_cast<const T*>(bias), bias_stride, static_cast<T*>(y), Strides4<I>(ys));
+    FASTCNN_CHECK_LAUNCH();
+    return cudaSuccess;
+  });
 }
 
 template <typename T, typename Acc>
-cudaError_t launch_dgrad(const DwGeom& g, const void* dy, const index_t* dys, const void* wt,
+cudaError_t launch_dgrad(const DwProblem& p, const void* dy, const index_t* dys, const void* wt,
                          const index_t* ws, void* dx, const index_t* dxs, cudaStream_t stream) {
-  const index_t total = g.n * g.c * g.h * g.w;
-  dw_input_grad_kernel<T, Acc><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
-      g, dxs[1] == 1 && g.c > 1, static_cast<const T*>(dy), dw_strides(dys),
-      static_cast<const T*>(wt), dw_strides(ws), static_cast<T*>(dx), dw_strides(dxs));
-  FASTCNN_CHECK_LAUNCH();
-  return cudaSuccess;
+  const index_t total = p.n * p.c * p.h * p.w;
+  return with_index_type(p.fits_int32(dxs, dys, ws), [&](auto index) {
+    using I = decltype(index);
+    dw_input_grad_kernel<T, Acc, I><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
+        p.geometry<I>(), Decode4<I>(p.c, p.h, p.w, dxs[1] == 1 && p.c > 1),
+        static_cast<const T*>(dy), Strides4<I>(dys), static_cast<const T*>(wt), Strides4<I>(ws),
+        static_cast<T*>(dx), Strides4<I>(dxs));
+    FASTCNN_CHECK_LAUNCH();
+    return cudaSuccess;
+  });
 }
 
 template <typename T, typename Acc>
-cudaError_t launch_wgrad(const DwGeom& g, const void* dy, const index_t* dys, const void* x,
+cudaError_t launch_wgrad(const DwProblem& p, const void* dy, const index_t* dys, const void* x,
                          const index_t* xs, void* dwt, const index_t* dws, cudaStream_t stream) {
-  const index_t blocks = g.k * g.kh * g.kw;
+  const index_t blocks = p.k * p.kh * p.kw;
   FASTCNN_REQUIRE(blocks <= 0x7fffffffLL);
-  dw_weight_grad_kernel<T, Acc><<<static_cast<unsigned int>(blocks), kWgradThreads, 0, stream>>>(
-      g, static_cast<const T*>(dy), dw_strides(dys), static_cast<const T*>(x), dw_strides(xs),
-      static_cast<T*>(dwt), dw_strides(dws));
-  FASTCNN_CHECK_LAUNCH();
-  return cudaSuccess;
+  return with_index_type(p.fits_int32(xs, dys, dws), [&](auto index) {
+    using I = decltype(index);
+    dw_weight_grad_kernel<T, Acc, I>
+        <<<static_cast<unsigned int>(blocks), kWgradThreads, 0, stream>>>(
+            p.geometry<I>(), static_cast<const T*>(dy), Strides4<I>(dys),
+            static_cast<const T*>(x), Strides4<I>(xs), static_cast<T*>(dwt), Strides4<I>(dws));
+    FASTCNN_CHECK_LAUNCH();
+    return cudaSuccess;
+  });
 }
 
 }  // namespace
@@ -244,8 +260,8 @@ cudaError_t depthwise_conv2d_forward(index_t n, index_t c, index_t h, index_t w,
                                      const index_t* w_stride, const void* bias,
                                      index_t bias_stride, void* y, const index_t* y_stride,
                                      int dtype, cudaStream_t stream) {
-  DwGeom g;
-  FASTCNN_REQUIRE(make_geom(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
+  DwProblem g;
+  FASTCNN_REQUIRE(make_problem(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
   FASTCNN_REQUIRE(valid_dtype(dtype));
   if (n == 0 || c == 0 || oh == 0 || ow == 0) return cudaSuccess;
   FASTCNN_REQUIRE(x != nullptr && weight != nullptr && y != nullptr);
@@ -261,8 +277,8 @@ cudaError_t depthwise_conv2d_input_grad(index_t n, index_t c, index_t h, index_t
                                         const index_t* w_stride, void* dx,
                                         const index_t* dx_stride, int dtype,
                                         cudaStream_t stream) {
-  DwGeom g;
-  FASTCNN_REQUIRE(make_geom(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
+  DwProblem g;
+  FASTCNN_REQUIRE(make_problem(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
   FASTCNN_REQUIRE(valid_dtype(dtype));
   if (n == 0 || c == 0 || h == 0 || w == 0) return cudaSuccess;
   FASTCNN_REQUIRE(dy != nullptr && weight != nullptr && dx != nullptr);
@@ -278,8 +294,8 @@ cudaError_t depthwise_conv2d_weight_grad(index_t n, index_t c, index_t h, index_
                                          const index_t* x_stride, void* dweight,
                                          const index_t* dw_stride, int dtype,
                                          cudaStream_t stream) {
-  DwGeom g;
-  FASTCNN_REQUIRE(make_geom(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
+  DwProblem g;
+  FASTCNN_REQUIRE(make_problem(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
   FASTCNN_REQUIRE(valid_dtype(dtype));
   // An empty batch still writes the (zero) weight gradient.
   if (c == 0) return cudaSuccess;

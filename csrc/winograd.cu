@@ -114,11 +114,7 @@ FASTCNN_DEVICE __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <>
 FASTCNN_DEVICE __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-struct Strides4 {
-  index_t n, c, h, w;
-};
-
-Strides4 strides4(const index_t* s) { return Strides4{s[0], s[1], s[2], s[3]}; }
+using Strides = Strides4<index_t>;  // tensors are addressed in 64 bits here
 
 struct WinoGeom {
   index_t n, c, h, w;   // input
@@ -146,7 +142,7 @@ FASTCNN_DEVICE float activate(float z, int act) {
 // u: (alpha^2, k, c) dense.
 template <typename T, typename S, int M>
 __global__ void filter_transform_kernel(index_t K, index_t C, bool flip, const T* __restrict__ w,
-                                        Strides4 ws, S* __restrict__ u) {
+                                        Strides ws, S* __restrict__ u) {
   using V = Variant<M>;
   constexpr int N = V::kN;
   constexpr Mat<N, 3> G = V::G();
@@ -175,7 +171,7 @@ __global__ void filter_transform_kernel(index_t K, index_t C, bool flip, const T
 // ---------------------------------------------------------------- 2. input transform
 // x: (n, c, h, w) with strides xs; v: (alpha^2, c, p) dense, p = (n, tile row, tile col).
 template <typename T, typename S, int M>
-__global__ void input_transform_kernel(WinoGeom g, const T* __restrict__ x, Strides4 xs,
+__global__ void input_transform_kernel(WinoGeom g, const T* __restrict__ x, Strides xs,
                                        S* __restrict__ v) {
   using V = Variant<M>;
   constexpr int N = V::kN;
@@ -343,8 +339,8 @@ gemm_simt_kernel(index_t K, index_t C, index_t P, const float* __restrict__ u,
 template <typename T, int M>
 __global__ void output_transform_kernel(WinoGeom g, const float* __restrict__ mo,
                                         const T* __restrict__ bias, index_t bias_stride,
-                                        const T* __restrict__ res, Strides4 rs, int act,
-                                        T* __restrict__ y, Strides4 ys) {
+                                        const T* __restrict__ res, Strides rs, int act,
+                                        T* __restrict__ y, Strides ys) {
   using V = Variant<M>;
   constexpr int N = V::kN;
   constexpr Mat<M, N> AT = V::AT();
@@ -409,7 +405,7 @@ cudaError_t launch_filter(index_t K, index_t C, bool flip, const void* w, const 
                           void* u, cudaStream_t stream) {
   using S = typename StorageOf<T>::type;
   filter_transform_kernel<T, S, M><<<grid_stride_blocks(K * C, kThreads), kThreads, 0, stream>>>(
-      K, C, flip, static_cast<const T*>(w), strides4(ws), static_cast<S*>(u));
+      K, C, flip, static_cast<const T*>(w), Strides(ws), static_cast<S*>(u));
   FASTCNN_CHECK_LAUNCH();
   return cudaSuccess;
 }
@@ -425,16 +421,16 @@ cudaError_t launch_forward(const WinoGeom& g, const void* x, const index_t* xs, 
   float* mo = static_cast<float*>(m_work);
   if (g.c > 0) {
     input_transform_kernel<T, S, M><<<grid_stride_blocks(g.c * g.p, kThreads), kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), strides4(xs), v);
+        g, static_cast<const T*>(x), Strides(xs), v);
     FASTCNN_CHECK_LAUNCH();
   }
   // With C == 0 the GEMM writes zeros (no reduction steps), so y = act(bias + residual).
   const cudaError_t err = launch_gemm<S>(g.k, g.c, g.p, N * N, static_cast<const S*>(u), v, mo, stream);
   if (err != cudaSuccess) return err;
-  const Strides4 no_res{0, 0, 0, 0};
+  const index_t no_res[4] = {0, 0, 0, 0};
   output_transform_kernel<T, M><<<grid_stride_blocks(g.k * g.p, kThreads), kThreads, 0, stream>>>(
       g, mo, static_cast<const T*>(bias), bias_stride, static_cast<const T*>(res),
-      rs != nullptr ? strides4(rs) : no_res, act, static_cast<T*>(y), strides4(ys));
+      Strides(rs != nullptr ? rs : no_res), act, static_cast<T*>(y), Strides(ys));
   FASTCNN_CHECK_LAUNCH();
   return cudaSuccess;
 }

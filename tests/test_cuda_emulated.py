@@ -7,6 +7,7 @@ test_lrn.py, test_depthwise.py and test_winograd.py run the same kernels for rea
 import contextlib
 import os
 import shutil
+import subprocess
 import types
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def cuda(emulated_C, monkeypatch):
     cw.FILTER_CACHE.clear()
 
 
+@pytest.fixture(params=[32, 64], ids=lambda bits: f"int{bits}")
+def index_bits(request, cuda):
+    """LRN and depthwise kernels have a 32-bit index instantiation (every offset below
+    2^31) and a 64-bit one; only the 32-bit one is reached by test-sized tensors unless
+    the module is told to skip it."""
+    cuda._force_int64_indexing(request.param == 64)
+    yield request.param
+    cuda._force_int64_indexing(False)
+
+
 def _input(shape, dtype, layout, scale=1.0):
     return make_input(shape, dtype, layout).mul_(scale)  # in place: keeps the layout
 
@@ -71,12 +82,26 @@ def test_half_and_bfloat16_conversions_round_like_torch(cuda):
             assert torch.equal(out.view(torch.int16), want.view(torch.int16)), (dtype, alpha, beta)
 
 
+def test_divmod_matches_integer_division(tmp_path):
+    """The multiply-shift division of the 32-bit index paths (Divmod<int32_t>) gives
+    the quotient and remainder of real division, up to 2^31 - 1."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is needed to compile the check")
+    here = Path(__file__).parent / "cuda_emu"
+    exe = tmp_path / "divmod_check"
+    subprocess.run(["g++", "-std=c++20", "-O2", "-D__CUDACC__", f"-I{here / 'include'}",
+                    f"-I{here.parent.parent / 'csrc'}", str(here / "divmod_check.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("bad 0"), out.stdout
+
+
 # ----------------------------------------------------------------------------- LRN
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
 @pytest.mark.parametrize("size, within", [(5, False), (2, False), (1, False), (3, True), (4, True)])
-def test_lrn_forward_backward(cuda, dtype, layout, size, within):
+def test_lrn_forward_backward(cuda, index_bits, dtype, layout, size, within):
     alpha, beta, k = 2e-2, 0.75, 1.5
     x = _input((2, 7, 5, 6), dtype, layout, scale=2.0)
     y, scale = cl.lrn_forward(x, size, alpha, beta, k, within, True)
@@ -108,7 +133,7 @@ def test_lrn_empty_and_single(cuda):
     (1, 1, 3, 1, 2, 2), (0, 1, 3, 1, 1, 1),
     (1, 2, 3, 2, (2, 1), (2, 1)),  # unequal padding and dilation pairs: h and w never swap
 ])
-def test_depthwise_forward_backward(cuda, dtype, layout, n, m, ks, stride, padding, dilation):
+def test_depthwise_forward_backward(cuda, index_bits, dtype, layout, n, m, ks, stride, padding, dilation):
     c, h, w_ = 3, 11, 9
     x = _input((n, c, h, w_), dtype, layout)
     w = (torch.randn(c * m, 1, ks, ks) / ks).to(dtype)

@@ -162,3 +162,6 @@ class Launch {
 inline void __syncthreads() { ::emu::yield_to_scheduler(); }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+  return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32);
+}
