@@ -148,7 +148,7 @@ GPU_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
 @pytest.mark.parametrize("m, ks, stride, padding, dilation", [
     (1, 3, 1, 1, 1), (2, 3, 2, 1, 1), (1, 5, 1, 2, 1), (2, 5, 2, 0, 1), (1, 7, 2, 3, 1), (1, 3, 1, 2, 2),

@@ -330,7 +330,7 @@ GPU_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("algo", ["triton", "cudnn"])
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("n", [768, 1024, 1280, 37, 12288])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 def test_gpu_vit_sizes(algo, dtype, n, residual):

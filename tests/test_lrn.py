@@ -261,7 +261,7 @@ GPU_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("algo", ["cuda", "triton", "cudnn"])
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
 @pytest.mark.parametrize("size, within", [(5, False), (2, False), (3, True)])
 def test_gpu_backends_against_float64(algo, dtype, layout, size, within):

@@ -437,7 +437,7 @@ def _no_fallback():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
 @pytest.mark.parametrize("n, h, w, padding", [(3, 9, 7, 1), (1, 13, 6, 0), (1, 5, 11, 2), (0, 6, 6, 1)])
@@ -465,7 +465,7 @@ def test_gpu_forward_and_input_grad_against_float64(dtype, variant, layout, n, h
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("activation", list(cw.ACTIVATIONS))
 def test_gpu_fused_bias_residual_activation(dtype, activation):
     x = make_input((2, 16, 10, 9), dtype, "nhwc")
@@ -543,7 +543,7 @@ def test_gpu_zero_input_channels_gives_bias():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_gpu_real_size_layer(dtype):
     """A ResNet stage-1 layer (3x3, 64 -> 64, 56 x 56), batch 8, channels_last."""
     x = make_input((8, 64, 56, 56), dtype, "nhwc")
