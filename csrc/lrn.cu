@@ -15,9 +15,10 @@
 // 32-bit one (offsets_fit_int32) decodes the flat index with multiply-shift
 // division (Divmod) and halves the offset arithmetic, which in 64 bits was most
 // of an element's instructions (sm_90 SASS of the fp16 forward: 1424 -> 728
-// instructions, 9 -> 0 division calls; backward: 106 -> 54 registers).  The window sums are accumulated in fp32
-// (fp64 for fp64); the forward also writes the scale (fp32 / fp64) when asked, and
-// the backward reads it instead of recomputing window sums.
+// instructions, 9 -> 0 division calls; backward: 110 -> 54 registers).  The window
+// sums are accumulated in fp32 (fp64 for fp64); the forward also writes the scale
+// (fp32 / fp64) when asked, and the backward reads it instead of recomputing window
+// sums.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
