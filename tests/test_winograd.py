@@ -405,6 +405,23 @@ def test_filter_cache_does_not_cache_inference_tensors():
     assert len(fn.calls) == 2 and len(cache) == 0
 
 
+def test_filter_cache_is_bypassed_during_cuda_graph_capture(monkeypatch):
+    """A U served from the cache would be baked into a captured graph, and replays after
+    an (also replayed) optimizer step would use the old filter; so during a capture
+    each call computes U (the transform is captured too) and stores nothing."""
+    fn = _CountingTransform()
+    cache = cw.FilterTransformCache(fn)
+    w = torch.randn(4, 3, 3, 3)
+    cache.get(w, "F2x2_3x3")
+    monkeypatch.setattr(cw, "graph_capture_underway", lambda: True)
+    cache.get(w, "F2x2_3x3")
+    cache.get(w, "F2x2_3x3")
+    assert len(fn.calls) == 3 and cache.hits == 0 and len(cache) == 1
+    monkeypatch.setattr(cw, "graph_capture_underway", lambda: False)
+    cache.get(w, "F2x2_3x3")
+    assert len(fn.calls) == 3 and cache.hits == 1
+
+
 def test_filter_cache_holds_the_weight_storage_and_evicts_lru():
     fn = _CountingTransform()
     cache = cw.FilterTransformCache(fn, size=2)
@@ -531,6 +548,32 @@ def test_gpu_filter_cache_and_batch_chunks(monkeypatch):
     monkeypatch.setattr(cw, "WORKSPACE_BYTES", 1)
     y4 = cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none")
     torch.testing.assert_close(y4, y3, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replays_see_in_place_weight_updates():
+    """A captured Winograd convolution followed by an in-place weight update (what a
+    captured optimizer step does): every replay convolves with the current weight."""
+    cw.FILTER_CACHE.clear()
+    x = make_input((2, 8, 10, 10), torch.float32)
+    wt = torch.randn(6, 8, 3, 3, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graph asks
+        cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none")
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none")
+        with torch.no_grad():
+            wt.mul_(0.5)
+    w0 = wt.detach().clone()  # capturing ran nothing: the weight of the first replay
+    for step in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        want = F.conv2d(x.double(), w0.double() * 0.5 ** step, None, 1, 1)
+        bound = WINOGRAD_REL_ERROR_BOUND[(cw.VARIANT_FOR_DTYPE[torch.float32], torch.float32)]
+        assert rel_error(y, want) <= bound, step
 
 
 @pytest.mark.gpu

@@ -108,14 +108,24 @@ def _cuda_filter_transform(w, variant, flip):
     return u
 
 
+def graph_capture_underway() -> bool:
+    """Whether the current CUDA stream is capturing a graph (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class FilterTransformCache:
     """U per (weight address, version, dtype, variant, flip, device, shape, strides), so a
     weight is transformed once until it changes in place (which bumps ``_version``).
     An entry holds an alias of the weight (``detach()``: same storage and version
     counter, no autograd graph), so the address cannot be freed and reused by another
     tensor while the entry lives. At most ``size`` entries; the least recently used go.
-    Inference tensors (no version counter) are not cached. Caveat: a write through
-    ``w.data`` bypasses the version counter; call ``FILTER_CACHE.clear()`` after one."""
+    Inference tensors (no version counter) are not cached, and nothing is cached or
+    served while a CUDA graph is being captured: a cached U would be baked into the
+    graph, and every replay, after an optimizer step that the graph also replays
+    without bumping any version counter, would convolve with the filter of capture
+    time; computed inside the capture, the transform is replayed with the rest.
+    Caveat: a write through ``w.data`` bypasses the version counter; call
+    ``FILTER_CACHE.clear()`` after one."""
 
     def __init__(self, compute, size=64):
         self.compute = compute
@@ -129,7 +139,8 @@ class FilterTransformCache:
                 tuple(w.stride()))
 
     def get(self, w, variant, flip=False):
-        if w.is_inference():  # no version counter: an in-place change could not be seen
+        # no version counter (an in-place change could not be seen), or a graph capture
+        if w.is_inference() or graph_capture_underway():
             self.misses += 1
             return self.compute(w, variant, flip)
         key = self.key(w, variant, flip)
