@@ -269,7 +269,9 @@ def attention(query, key, value, *, causal=False, scale=None, attn_mask=None, dr
     (batch, heads, Lq, Lk); with ``causal`` too, both apply. ``causal`` is SDPA's
     top-left aligned lower triangle. ``dropout_p`` drops attention weights with a
     mask drawn from ``seed`` (an int; by default one drawn from torch's CPU
-    generator, so ``torch.manual_seed`` makes runs repeatable). ``deterministic``
+    generator, so ``torch.manual_seed`` makes runs repeatable). The seed is a
+    host-side int: a captured CUDA graph replays the mask of capture time, so capture
+    dropout models with dropout off or re-capture per step. ``deterministic``
     (or ``torch.use_deterministic_algorithms(True)``) makes the backward bitwise
     reproducible. A float mask that requires grad runs on PyTorch's SDPA, which
     differentiates it."""
