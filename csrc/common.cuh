@@ -193,14 +193,17 @@ cudaError_t with_index_type(bool fits, Launch&& launch) {
   return fits ? launch(std::int32_t{}) : launch(std::int64_t{});
 }
 
-// Element strides of a 4-d tensor in the kernel's index type.
+// Element strides of a 4-d tensor in the kernel's index type; all 0 for an absent
+// (nullptr) tensor, whose strides are never used.
 template <typename I>
 struct Strides4 {
-  I n, c, h, w;
+  I n = 0, c = 0, h = 0, w = 0;
   Strides4() = default;
-  explicit Strides4(const index_t* s)
-      : n(static_cast<I>(s[0])), c(static_cast<I>(s[1])), h(static_cast<I>(s[2])),
-        w(static_cast<I>(s[3])) {}
+  explicit Strides4(const index_t* s) {
+    if (s == nullptr) return;
+    n = static_cast<I>(s[0]), c = static_cast<I>(s[1]), h = static_cast<I>(s[2]),
+    w = static_cast<I>(s[3]);
+  }
   FASTCNN_DEVICE I at(I n_, I c_, I h_, I w_) const { return n_ * n + c_ * c + h_ * h + w_ * w; }
 };
 

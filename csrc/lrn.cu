@@ -159,13 +159,12 @@ cudaError_t launch_forward(const Problem& p, double alpha_area, double beta, dou
                            const void* x, const index_t* xs, void* y, const index_t* ys,
                            void* scale, const index_t* ss, cudaStream_t stream) {
   const index_t total = p.n * p.c * p.h * p.w;
-  const index_t no_strides[4] = {0, 0, 0, 0};  // scale not written
   const bool fits = p.fits_int32(xs) && p.fits_int32(ys) && (scale == nullptr || p.fits_int32(ss));
   return with_index_type(fits, [&](auto index) {
     using I = decltype(index);
     lrn_forward_kernel<T, Acc, I><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
         p.geometry<I>(), static_cast<const T*>(x), Strides4<I>(xs), static_cast<T*>(y),
-        Strides4<I>(ys), static_cast<Acc*>(scale), Strides4<I>(scale != nullptr ? ss : no_strides),
+        Strides4<I>(ys), static_cast<Acc*>(scale), Strides4<I>(scale != nullptr ? ss : nullptr),
         static_cast<Acc>(alpha_area), static_cast<Acc>(beta), static_cast<Acc>(k));
     FASTCNN_CHECK_LAUNCH();
     return cudaSuccess;

@@ -427,10 +427,9 @@ cudaError_t launch_forward(const WinoGeom& g, const void* x, const index_t* xs, 
   // With C == 0 the GEMM writes zeros (no reduction steps), so y = act(bias + residual).
   const cudaError_t err = launch_gemm<S>(g.k, g.c, g.p, N * N, static_cast<const S*>(u), v, mo, stream);
   if (err != cudaSuccess) return err;
-  const index_t no_res[4] = {0, 0, 0, 0};
   output_transform_kernel<T, M><<<grid_stride_blocks(g.k * g.p, kThreads), kThreads, 0, stream>>>(
       g, mo, static_cast<const T*>(bias), bias_stride, static_cast<const T*>(res),
-      Strides(rs != nullptr ? rs : no_res), act, static_cast<T*>(y), Strides(ys));
+      Strides(rs), act, static_cast<T*>(y), Strides(ys));
   FASTCNN_CHECK_LAUNCH();
   return cudaSuccess;
 }

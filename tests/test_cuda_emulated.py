@@ -20,7 +20,7 @@ from fastcnn.ops import _cuda_depthwise as cd
 from fastcnn.ops import _cuda_lrn as cl
 from fastcnn.ops import _cuda_winograd as cw
 from fastcnn.triton_kernels import lrn as lrn_kernels
-from fastcnn.triton_kernels.winograd import VARIANTS, WINOGRAD_REL_ERROR_BOUND
+from fastcnn.triton_kernels.winograd import VARIANTS, error_bound
 from helpers import expanded_grad, make_input, rel_error
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -164,11 +164,6 @@ def test_depthwise_forward_backward(cuda, index_bits, dtype, layout, n, m, ks, s
 
 # ----------------------------------------------------------------------------- Winograd
 
-def _bound(variant, dtype):
-    return WINOGRAD_REL_ERROR_BOUND[(variant, torch.float16 if dtype == torch.bfloat16 else dtype)] * \
-        (8 if dtype == torch.bfloat16 else 1)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "noncontig"])
@@ -183,14 +178,14 @@ def test_winograd_forward_and_input_grad(cuda, dtype, variant, layout, n, h, w, 
     ref = F.conv2d(x.double(), wt.double(), None, 1, pad)
     assert y.dtype == dtype and y.shape == ref.shape
     if ref.numel():
-        assert torch.isfinite(y).all() and rel_error(y, ref) <= _bound(variant, dtype)
+        assert torch.isfinite(y).all() and rel_error(y, ref) <= error_bound(variant, dtype)
     dy = expanded_grad(ref.shape, dtype) if layout == "noncontig" else _input(ref.shape, dtype, layout)
     dx = cw.input_grad(dy, wt, list(x.shape), [1, 1], pad, [1, 1], 1, variant=variant)
     want = torch.ops.aten.convolution_backward(dy.double(), x.double(), wt.double(), None, [1, 1], pad, [1, 1],
                                                False, [0, 0], 1, [True, False, False])[0]
     assert dx.shape == x.shape and dx.dtype == dtype
     if want.numel():
-        assert rel_error(dx, want) <= _bound(variant, dtype)
+        assert rel_error(dx, want) <= error_bound(variant, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -204,7 +199,7 @@ def test_winograd_fused_bias_residual_activation(cuda, dtype, activation):
     y = cw.forward(x, wt, b, res, [1, 1], [1, 1], [1, 1], 1, activation)
     want = reference.conv2d_forward(x.double(), wt.double(), b.double(), res.double(), [1, 1], [1, 1], [1, 1], 1,
                                     activation)
-    assert rel_error(y, want) <= 2 * _bound(cw.VARIANT_FOR_DTYPE[dtype], dtype)
+    assert rel_error(y, want) <= 2 * error_bound(cw.VARIANT_FOR_DTYPE[dtype], dtype)
 
 
 def test_winograd_filter_transform_cache_and_batch_chunks(cuda, monkeypatch):
@@ -220,7 +215,7 @@ def test_winograd_filter_transform_cache_and_batch_chunks(cuda, monkeypatch):
                                        rtol=1e-6, atol=1e-6)
     monkeypatch.setattr(cw, "WORKSPACE_BYTES", 1)  # one image per chunk: the same numbers
     torch.testing.assert_close(cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none"), y1, rtol=0, atol=0)
-    assert rel_error(y1, F.conv2d(x.double(), wt.double(), None, 1, 1)) <= _bound("F4x4_3x3", torch.float32)
+    assert rel_error(y1, F.conv2d(x.double(), wt.double(), None, 1, 1)) <= error_bound("F4x4_3x3", torch.float32)
 
 
 def test_winograd_zero_input_channels_gives_bias(cuda):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from fastcnn.triton_kernels import winograd
 from fastcnn.triton_kernels.winograd import (VARIANTS, WINOGRAD_REL_ERROR_BOUND, as_tensor, cuda_header,
-                                             transforms, winograd_conv2d_reference)
+                                             error_bound, transforms, winograd_conv2d_reference)
 from helpers import rel_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,15 +168,6 @@ from fastcnn.ops import _cuda_winograd as cw  # noqa: E402
 from fastcnn.ops.conv2d import conv2d, forward_dispatch, input_grad_dispatch, weight_grad_dispatch  # noqa: E402
 from fastcnn.triton_kernels import reference  # noqa: E402
 from helpers import DEVICE, assert_close, expanded_grad, make_input  # noqa: E402
-
-BF16_PER_FP16 = 8  # bf16's unit roundoff (2^-8) over fp16's (2^-11)
-
-
-def error_bound(variant, dtype):
-    """WINOGRAD_REL_ERROR_BOUND, with bf16 scaled from fp16 by the ratio of roundoffs."""
-    if dtype == torch.bfloat16:
-        return BF16_PER_FP16 * WINOGRAD_REL_ERROR_BOUND[(variant, torch.float16)]
-    return WINOGRAD_REL_ERROR_BOUND[(variant, dtype)]
 
 
 def emulate_kernels(x, u, m, padding, bias=None, residual=None, activation="none"):
@@ -572,8 +563,7 @@ def test_gpu_cuda_graph_replays_see_in_place_weight_updates():
         graph.replay()
         torch.cuda.synchronize()
         want = F.conv2d(x.double(), w0.double() * 0.5 ** step, None, 1, 1)
-        bound = WINOGRAD_REL_ERROR_BOUND[(cw.VARIANT_FOR_DTYPE[torch.float32], torch.float32)]
-        assert rel_error(y, want) <= bound, step
+        assert rel_error(y, want) <= error_bound(cw.VARIANT_FOR_DTYPE[torch.float32], torch.float32), step
 
 
 @pytest.mark.gpu

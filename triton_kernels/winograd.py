@@ -81,6 +81,15 @@ WINOGRAD_REL_ERROR_BOUND = {
     ("F4x4_3x3", torch.float32): 5e-6,
     ("F4x4_3x3", torch.float16): 1.2e-2,
 }
+BF16_PER_FP16 = 8  # bf16's unit roundoff (2^-8) over fp16's (2^-11)
+
+
+def error_bound(variant, dtype):
+    """WINOGRAD_REL_ERROR_BOUND for (variant, dtype), bf16 scaled from fp16 by the
+    ratio of roundoffs (the interpreter cannot measure bf16)."""
+    if dtype == torch.bfloat16:
+        return BF16_PER_FP16 * WINOGRAD_REL_ERROR_BOUND[(variant, torch.float16)]
+    return WINOGRAD_REL_ERROR_BOUND[(variant, dtype)]
 
 
 def _poly_mul_linear(coeffs, root):
