@@ -250,8 +250,8 @@ def test_exact_fp32_calls_prune_to_the_fma_tiles():
     import triton
     from fastcnn.triton_kernels import attention as at
     mma = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}), triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
-    fma = at._FMA_CONFIGS[:len(at._FMA_TILES)]
-    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in fma] == at._FMA_TILES
+    fma = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+           for bm, bn, w, st in at._FMA_TILES]
     configs = mma + fma
     for dtype, prec, want in [(torch.float32, "ieee", fma), (torch.float32, "tf32", mma),
                               (torch.bfloat16, "ieee", mma), (torch.float16, "ieee", mma)]:

@@ -89,3 +89,19 @@ def test_failures_logic():
     (warning,) = compile_check.spilling_launches(report)
     assert warning.startswith("a for w: 1 configuration(s)") and "16-byte stack frame" in warning
 
+
+
+def test_grid_limits():
+    assert compile_check.grid_limit_error((2**31 - 1, 65535, 65535)) == ""
+    assert compile_check.grid_limit_error((7,)) == ""
+    assert "axis 1 has 65536 > 65535" in compile_check.grid_limit_error((1, 65536))
+    assert "axis 0 has 2147483648" in compile_check.grid_limit_error((2**31, 1, 70000))
+    assert "axis 2 has 70000" in compile_check.grid_limit_error((2**31, 1, 70000))
+
+
+def test_quick_check_launches_past_the_y_axis_limit(quick_report):
+    # attention's (batch, head) slices outnumber a y axis' 65535 blocks here, so the
+    # empty failure list above means the kernels keep them off the y axis
+    _, report = quick_report
+    assert any(r["workload"].startswith("attention vit_b_32_batch8192/") and not r["error"]
+               for r in report["records"])

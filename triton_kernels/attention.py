@@ -128,6 +128,11 @@ def attention_reasons(q, k, v, mask, causal, dropout_p):
         span = sum((t.shape[d] - 1) * abs(t.stride(d)) for d in (a, b) if t.shape[d] > 0)
         if span >= 2**31:
             reasons.append(f"{name}: offsets inside one (batch, head) slice exceed int32")
+    # One grid axis holds (tile, slice) (_tile_and_slice); CUDA allows 2^31 - 1 blocks
+    # there. 16 rows is the smallest tile.
+    B, H, Lq, Lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    if triton.cdiv(max(Lq, Lk), 16) * B * H >= 2**31:
+        reasons.append(f"{B * H} (batch, head) slices of {max(Lq, Lk)} rows need more than 2^31 - 1 programs")
     return reasons
 
 
@@ -145,20 +150,23 @@ LN2 = 0.6931471805599453
 # the tensor-core tiles spill thousands of bytes there (`fastcnn compile-check`,
 # sm_90, head_dim 64-128: 6-30 KB of stack), these small tiles do not.
 _FMA_TILES = [(32, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2), (16, 32, 4, 2), (32, 16, 2, 2), (16, 16, 2, 2)]
-_FMA_CONFIGS = []  # the Config objects themselves: the autotuner hands the same ones to the prune
+
+
+def _tile(config):
+    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
 
 
 def _fma_or_mma(configs, named_args, **kwargs):
     """early_config_prune: the FMA tiles for an fp32 exact dot, else the tensor-core ones."""
     fma = named_args["q_ptr"].dtype == torch.float32 and kwargs.get("PREC") == "ieee"
-    return [c for c in configs if any(c is f for f in _FMA_CONFIGS) == fma] or configs
+    return [c for c in configs if (_tile(c) in _FMA_TILES) == fma] or configs
 
 
 def _configs(mma_tiles):
-    """Tensor-core tiles, then the FMA tiles (see _fma_or_mma)."""
+    """Tensor-core tiles, then the FMA tiles (see _fma_or_mma, which tells them apart)."""
+    assert not set(mma_tiles) & set(_FMA_TILES), "a tensor-core tile is also an FMA tile"
     gpu = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
            for bm, bn, w, st in mma_tiles + _FMA_TILES]
-    _FMA_CONFIGS.extend(gpu[len(mma_tiles):])
     return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
 
 
@@ -210,6 +218,15 @@ def _dropout_keep(seed, dropout_p, bh, i, j, Lq, Lk):
     return tl.rand(seed, offset) >= dropout_p
 
 
+@triton.jit
+def _tile_and_slice(n_tiles):
+    """(tile, b*H + h) of this program. Both share grid axis 0, tiles fastest so that
+    a slice's K and V stay in L2 while its tiles run: CUDA caps grid axes 1 and 2 at
+    65535 blocks, and B*H passes that (ViT-B at batch 8192; window attention)."""
+    pid = tl.program_id(0)
+    return pid % n_tiles, (pid // n_tiles).to(tl.int64)
+
+
 @triton.autotune(configs=_forward_configs(), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _attention_forward_kernel(
@@ -234,8 +251,7 @@ def _attention_forward_kernel(
     # Offsets inside one (b, h) slice are int32 (attention_reasons rejects slices past
     # 2^31 elements); the batch and head offsets are int64. Narrow offsets keep the
     # pointer tiles cheap in registers.
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid_m, bh = _tile_and_slice(tl.cdiv(Lq, BLOCK_M))
     b = bh // H
     h = bh % H
     start_m = pid_m * BLOCK_M
@@ -320,7 +336,7 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     msk, msk_strides = _mask_args(mask, q)
 
     def grid(meta):
-        return triton.cdiv(Lq, meta["BLOCK_M"]), B * H
+        return (triton.cdiv(Lq, meta["BLOCK_M"]) * B * H,)
 
     _attention_forward_kernel[grid](
         q, k, v, msk, o, lse,
@@ -349,10 +365,10 @@ def _attention_delta_kernel(
     H, Lq, D,
     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bh = tl.program_id(1).to(tl.int64)
+    pid_m, bh = _tile_and_slice(tl.cdiv(Lq, BLOCK_M))
     b = bh // H
     h = bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     rows = offs_m.to(tl.int64)
     cols = offs_d.to(tl.int64)
@@ -392,8 +408,7 @@ def _attention_dkdv_kernel(
 ):
     # Tiles are transposed (keys x queries), as in the Triton FA2 tutorial, so that
     # dv += p^T do and dk += ds^T q need no transposes of the big tiles.
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid_n, bh = _tile_and_slice(tl.cdiv(Lk, BLOCK_N))
     b = bh // H
     h = bh % H
     start_n = pid_n * BLOCK_N
@@ -472,8 +487,7 @@ def _attention_dq_kernel(
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    pid_m, bh = _tile_and_slice(tl.cdiv(Lq, BLOCK_M))
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -532,7 +546,7 @@ def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None,
     block_d = _block_d(D)
     delta = torch.empty((B * H, Lq), dtype=acc_torch, device=q.device)
     block_m_delta = 16 if Lq <= 16 else 64
-    _attention_delta_kernel[(triton.cdiv(Lq, block_m_delta), B * H)](
+    _attention_delta_kernel[(triton.cdiv(Lq, block_m_delta) * B * H,)](
         o, do, delta, *o.stride(), *do.stride(), H, Lq, D,
         ACC=acc_tl, BLOCK_M=block_m_delta, BLOCK_D=block_d)
 
@@ -544,11 +558,11 @@ def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None,
     strides = (*q.stride(), *k.stride(), *v.stride(), *msk_strides, *do.stride(), *lse.stride())
     dq_acc = dq if deterministic or q.dtype == acc_torch else torch.zeros(q.shape, dtype=acc_torch, device=q.device)
 
-    _attention_dkdv_kernel[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](
+    _attention_dkdv_kernel[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]) * B * H,)](
         q, k, v, msk, do, lse, delta, dq_acc, dk, dv, *strides, H, Lq, Lk, D, *floats,
         DETERMINISTIC=bool(deterministic), **flags)
     if deterministic:
-        _attention_dq_kernel[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](
+        _attention_dq_kernel[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]) * B * H,)](
             q, k, v, msk, do, lse, delta, dq, *strides, H, Lq, Lk, D, *floats, **flags)
     elif dq_acc is not dq:
         dq.copy_(dq_acc)
@@ -563,8 +577,9 @@ def _dropout_keep_kernel(
     R, Lk, dropout_p, seed,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    offs_r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n, pid_r = _tile_and_slice(tl.cdiv(Lk, BLOCK_N))  # one grid axis, as the attention kernels
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # Row r = (b*H + h)*Lq + i, so bh = 0 and Lq = R reproduce the attention kernels' offsets.
     keep = _dropout_keep(seed, dropout_p, 0, offs_r[:, None], offs_n[None, :], R, Lk)
     out = offs_r.to(tl.int64)[:, None] * Lk + offs_n[None, :]
@@ -577,6 +592,6 @@ def dropout_keep_mask(seed, dropout_p, B, H, Lq, Lk, device):
     keep = torch.empty((B, H, Lq, Lk), dtype=torch.int8, device=device)
     R = B * H * Lq
     if keep.numel():
-        _dropout_keep_kernel[(triton.cdiv(R, 16), triton.cdiv(Lk, 64))](
+        _dropout_keep_kernel[(triton.cdiv(R, 16) * triton.cdiv(Lk, 64),)](
             keep, R, Lk, float(dropout_p), int(seed), BLOCK_R=16, BLOCK_N=64)
     return keep.bool()

@@ -10,9 +10,10 @@ as the GPU tests run) through ptxas into a cubin and launches nothing. For each
 compiled kernel it records shared memory, registers, the stack frame (spills) and
 whether ``tl.dot`` became Hopper's wgmma.
 
-A launch fails the check when a configuration does not compile, or when none of
-its configurations fits the architecture's shared memory (the autotuner skips the
-configurations that do not fit; a launch with none left cannot run).
+A launch fails the check when a configuration does not compile, when none of its
+configurations fits the architecture's shared memory (the autotuner skips the
+configurations that do not fit; a launch with none left cannot run), or when its
+grid has more blocks on an axis than CUDA launches (MAX_GRID).
 
 It needs a process of its own: the kernel modules must be imported without
 TRITON_INTERPRET=1 (``fastcnn compile-check`` sees to it).
@@ -29,6 +30,18 @@ import time
 # (CUDA C Programming Guide, "Technical Specifications per Compute Capability").
 MAX_SHARED_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
                     120: 99 * 1024}
+
+
+# Most blocks per grid axis (x, y, z) of a CUDA launch, for every compute capability
+# since 3.0: a launch past them fails ("invalid argument"), whatever the kernel.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def grid_limit_error(grid) -> str:
+    """Why a launch ``grid`` (1 to 3 block counts) cannot run on CUDA; "" when it can."""
+    g = tuple(int(n) for n in grid) + (1,) * (3 - len(grid))
+    over = [f"axis {i} has {n} > {limit}" for i, (n, limit) in enumerate(zip(g, MAX_GRID)) if n > limit]
+    return f"grid {g} exceeds CUDA's limits: {', '.join(over)}" if over else ""
 
 
 @dataclasses.dataclass
@@ -138,6 +151,9 @@ class _Recorder:
             except Exception as e:  # noqa: BLE001 - every compiler error is a finding
                 rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 compiled = None
+            # the launch the GPU would get: the grid of this configuration
+            meta = dict(zip(fn.arg_names, args), **kwargs)
+            rec.error = rec.error or grid_limit_error(grid(meta) if callable(grid) else grid)
             rec.seconds = time.perf_counter() - start
             if compiled is not None:
                 rec.shared = int(compiled.metadata.shared)
@@ -312,8 +328,11 @@ def attention_workloads(quick):
     shapes += [(f"seq4096_d{d}{'_causal' if causal else ''}", 4, 16, 4096, d, causal)
                for d in LONG_HEAD_DIMS for causal in (False, True)]
     shapes += [("head_dim32", 2, 4, 300, 32, False), ("head_dim96", 2, 4, 300, 96, True)]
-    if quick:  # head_dim 64, 80 (masked to BLOCK_D 128), causal 128
-        shapes = [s for s in shapes if s[0] in ("vit_b_16", "vit_h_14", "seq4096_d128_causal")]
+    # ViT-B/32 inference at batch 8192: 98304 (batch, head) slices, past the 65535
+    # blocks of a grid's y axis
+    shapes += [("vit_b_32_batch8192", 8192, 12, 50, 64, False)]
+    if quick:  # head_dim 64, 80 (masked to BLOCK_D 128), causal 128, many slices
+        shapes = [s for s in shapes if s[0] in ("vit_b_16", "vit_h_14", "seq4096_d128_causal", "vit_b_32_batch8192")]
     for tag, dtype, tf32 in _dtypes(quick, dot="ieee"):
         for name, b, h, seq, d, causal in shapes:
             qkv = _meta(b, seq, 3, h, d, dtype=dtype)
