@@ -1,12 +1,18 @@
 """Test set-up. Without a GPU, Triton kernels run on CPU tensors through Triton's
-interpreter, which must be switched on before any kernel module is imported; on a
-GPU, each kernel runs its first tile configuration only (FASTCNN_AUTOTUNE=0)."""
+interpreter, which must be switched on before any kernel module is imported, and
+which checks no memory access: tests/interpreter_sanitizer.py checks them instead,
+and uninitialized memory is filled with NaN so that reading it shows. On a GPU, each
+kernel runs its first tile configuration only (FASTCNN_AUTOTUNE=0)."""
 import os
 
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ.get("FASTCNN_SANITIZE", "1") != "0":
+        # bounds, alignment and cross-program races of every interpreted launch
+        from interpreter_sanitizer import install
+        install()
 # One tile configuration per kernel (triton_kernels/_common.autotune_configs): the
 # tests check numbers; scripts/gpu_session.sh also runs the autotuned kernels.
 os.environ.setdefault("FASTCNN_AUTOTUNE", "0")
@@ -26,3 +32,26 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fill_uninitialized_memory(request):
+    """Without a GPU, every torch.empty* is filled with NaN (max int for integers), so
+    a kernel that reads memory nobody wrote gives NaN instead of the zeros a CPU's
+    fresh pages hold. PyTorch does this only with deterministic algorithms on (warn
+    only, here); a test module that depends on that flag being off sets
+    FILL_UNINITIALIZED_MEMORY = False. FASTCNN_SANITIZE=0 turns it off too."""
+    if (torch.cuda.is_available() or os.environ.get("FASTCNN_SANITIZE", "1") == "0"
+            or not getattr(request.module, "FILL_UNINITIALIZED_MEMORY", True)):
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[2]

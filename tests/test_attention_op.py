@@ -16,6 +16,10 @@ from fastcnn.ops.attention import attention_backward_op, attention_op, keep_mask
 from helpers import DEVICE, DTYPES, assert_close, expanded_grad
 
 ALGOS = ["triton", "reference"]
+# ops.attention takes the deterministic backward when torch's deterministic flag is
+# on, which conftest's NaN fill of uninitialized memory needs: leave it off here so
+# the default (atomic dq) path is the one tested.
+FILL_UNINITIALIZED_MEMORY = False
 
 
 def qkv(b=2, h=3, lq=13, lk=None, d=32, dtype=torch.float32, requires_grad=True):
