@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -94,6 +95,45 @@ def test_divmod_matches_integer_division(tmp_path):
                    check=True, capture_output=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("bad 0"), out.stdout
+
+
+# An overrun the sanitized build must report: axpby over one element more than the
+# tensors hold. Without it a run that is not really instrumented would pass vacuously.
+_ASAN_PROBE = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from cuda_emu.build import build
+from fastcnn import _ext
+C = build(Path({cache!r}))
+x, y, out = torch.randn(1000), torch.randn(1000), torch.empty(1000)
+C.axpby(1001, 1.0, x.data_ptr(), 1.0, y.data_ptr(), out.data_ptr(), _ext._dtype_code(C, torch.float32))
+"""
+
+
+@pytest.mark.skipif(os.environ.get("FASTCNN_EMU_SANITIZE") == "1", reason="this is the sanitized run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, compute-sanitizer checks the real kernels")
+def test_every_emulated_kernel_is_asan_and_ubsan_clean(emulated_C, tmp_path):
+    """compute-sanitizer's memcheck, on the CPU: this file's tests again, against a build
+    with AddressSanitizer and UBSan (tests/cuda_emu/build.py, FASTCNN_EMU_SANITIZE=1),
+    so an access outside a tensor, a __shared__ array or a thread's locals, or an
+    int32 overflow in index arithmetic, fails. libasan must be loaded first: a child
+    process with LD_PRELOAD."""
+    libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(libasan):
+        pytest.skip("g++ has no AddressSanitizer runtime")
+    cache = Path(os.environ.get("FASTCNN_EMU_CACHE", Path.home() / ".cache" / "fastcnn" / "cuda-emu"))
+    env = dict(os.environ, FASTCNN_EMU_SANITIZE="1", LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0",
+               FASTCNN_EMU_CACHE=str(cache))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+                         cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=1800)
+    report = (run.stdout + run.stderr)[-6000:]
+    assert run.returncode == 0 and " passed" in run.stdout, report
+    assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, report
+    probe = subprocess.run([sys.executable, "-c", _ASAN_PROBE.format(tests=str(Path(__file__).parent),
+                                                                      cache=str(cache))],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert probe.returncode != 0 and "heap-buffer-overflow" in probe.stderr, probe.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- LRN

@@ -8,9 +8,10 @@ into ``::emu::Launch(grid, block, smem, stream)(kernel, args)``, and link with
 pybind11 into a module with fastcnn._C's exact Python API whose "device pointers" are
 CPU addresses. What it checks: the kernels' index arithmetic, windows, tiling, edge
 and padding handling, the bindings' argument checks and the Python wrappers around
-them. What it cannot: timing, the memory model (each block runs alone; its threads
-are OS threads meeting at real barriers), and hardware rounding inside the tensor
-cores (the emulated wmma accumulates exact products in fp32).
+them; built with FASTCNN_EMU_SANITIZE=1, also every access's bounds (AddressSanitizer)
+and undefined behaviour (UBSan). What it cannot: timing, the memory model (each block
+runs alone; its threads are fibers meeting at barriers), and hardware rounding inside
+the tensor cores (the emulated wmma accumulates exact products in fp32).
 """
 import concurrent.futures
 import hashlib
@@ -40,8 +41,20 @@ def _sources():
     return sorted(CSRC.glob("*.cu")) + [CSRC / "bindings.cpp"]
 
 
+# FASTCNN_EMU_SANITIZE=1 builds with AddressSanitizer and UBSan: out-of-bounds
+# accesses to tensors (heap), to __shared__ arrays (function statics, so globals to
+# ASan) and to a thread's locals, and undefined behaviour such as int32 overflow in
+# index arithmetic, abort the run. The process must have libasan loaded first
+# (LD_PRELOAD; test_cuda_emulated.py's sanitized run does this).
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
+def _sanitize() -> bool:
+    return os.environ.get("FASTCNN_EMU_SANITIZE", "0") == "1"
+
+
 def _fingerprint() -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"sanitize" if _sanitize() else b"")
     for p in _sources() + sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh")) + sorted(HERE.glob("include/*.h")) \
             + [Path(__file__)]:
         h.update(p.name.encode() + p.read_bytes())
@@ -60,6 +73,7 @@ def build(out_dir: Path, jobs: int = 2):
         (out_dir / "fastcnn_build_config.h").write_text('#define FASTCNN_ARCH_LIST "sm_90 (host emulation)"\n')
         flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-w", f"-I{HERE / 'include'}", f"-I{CSRC}",
                  f"-I{out_dir}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+        flags += SANITIZE_FLAGS if _sanitize() else []
         commands = []
         for src in _sources():
             obj = out_dir / (src.stem + ".o")
@@ -76,7 +90,8 @@ def build(out_dir: Path, jobs: int = 2):
                     raise RuntimeError(f"emulated build failed: {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-6000:]}")
         objects = [cmd[-1] for cmd in commands]
         tmp = target.with_suffix(".tmp")
-        subprocess.run(["g++", "-shared", "-pthread", *objects, "-o", str(tmp)], check=True, capture_output=True)
+        subprocess.run(["g++", "-shared", "-pthread", *(SANITIZE_FLAGS if _sanitize() else []), *objects,
+                        "-o", str(tmp)], check=True, capture_output=True)
         os.replace(tmp, target)
     spec = importlib.util.spec_from_file_location("_C", target)
     module = importlib.util.module_from_spec(spec)
