@@ -1,5 +1,6 @@
 """Helpers shared by the tests (and imported by the benchmarks): devices, dtypes,
 layouts, tolerances against a float64 reference."""
+import contextlib
 from collections import namedtuple
 
 import torch
@@ -109,5 +110,38 @@ def check_forward_stats(g, dtype, layout, offset, family):
     assert_close(var, ref_var, stats_dtype, what="var")
 
 
+# Stride of far_apart's spread dimension: it fits int32 (Triton and the CUDA wrappers
+# pass it as one), twice it does not.
+FAR = 2**30 + 7
+
+
+@contextlib.contextmanager
+def _no_fill():
+    saved = torch.utils.deterministic.fill_uninitialized_memory
+    torch.utils.deterministic.fill_uninitialized_memory = False  # a 4 GiB memset otherwise
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = saved
+
+
+def far_apart(shape, dim, dtype=torch.float16):
+    """A random tensor of ``shape`` whose ``dim`` has stride FAR (the others compact),
+    so its last index along ``dim`` starts past element 2^31."""
+    inner = [d for d in range(len(shape)) if d != dim]
+    strides = [0] * len(shape)
+    step = 1
+    for d in reversed(inner):
+        strides[d] = step
+        step *= shape[d]
+    assert step <= FAR
+    strides[dim] = FAR
+    with _no_fill():
+        storage = torch.empty((shape[dim] - 1) * FAR + step, dtype=dtype)
+    t = storage.as_strided(shape, strides)
+    t.copy_(torch.randn(shape))
+    return t
+
+
 __all__ = ["Conv", "check_forward_stats", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
-           "make_input", "expanded_grad", "interpret_mode"]
+           "make_input", "expanded_grad", "far_apart", "interpret_mode"]

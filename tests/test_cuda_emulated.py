@@ -22,7 +22,7 @@ from fastcnn.ops import _cuda_lrn as cl
 from fastcnn.ops import _cuda_winograd as cw
 from fastcnn.triton_kernels import lrn as lrn_kernels
 from fastcnn.triton_kernels.winograd import VARIANTS, error_bound
-from helpers import expanded_grad, make_input, rel_error
+from helpers import expanded_grad, far_apart, make_input, rel_error
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # relative-norm bounds against float64, as the GPU tests of the same kernels use
@@ -200,6 +200,36 @@ def test_depthwise_forward_backward(cuda, index_bits, dtype, layout, n, m, ks, s
         assert rel_error(dw, want_dw) <= 4 * TOL[dtype]
     else:
         assert (dw == 0).all()
+
+
+# ----------------------------------------------------------------------------- offsets past 2^31
+
+def test_lrn_depthwise_and_winograd_at_offsets_past_int32(cuda):
+    """Images 2^30 + 7 elements apart: offsets pass 2^31, so the LRN and depthwise
+    wrappers pick their 64-bit kernels, and every kernel meets real large offsets (the
+    index_bits tests force the 64-bit kernels on small tensors, where a 32-bit
+    truncation inside them would not show). No tensor is copied on the way."""
+    half = torch.float16
+    x, dy = far_apart((3, 4, 6, 5), dim=0), far_apart((3, 4, 6, 5), dim=0)
+    lrn_args = (3, 2e-2, 0.75, 1.5, False)
+    y, scale = cl.lrn_forward(x, *lrn_args, True)
+    assert rel_error(y, lrn_kernels.lrn_forward_reference(x.double(), *lrn_args)[0]) <= TOL[half]
+    dx = cl.lrn_backward(dy, x, y, scale, *lrn_args)
+    assert rel_error(dx, lrn_kernels.lrn_backward_reference(dy.double(), x.double(), *lrn_args)) <= 2 * TOL[half]
+
+    geo = ([1, 1], [1, 1], [1, 1], 4)
+    w = (torch.randn(4, 1, 3, 3) / 3).to(half)
+    want = torch.ops.aten.convolution_backward(dy.double(), x.double(), w.double(), None, *geo[:3], False, [0, 0],
+                                               4, [True, True, False])
+    assert rel_error(cd.forward(x, w, None, None, *geo, "none"), F.conv2d(x.double(), w.double(), None, 1, 1, 1, 4)) \
+        <= TOL[half]
+    assert rel_error(cd.input_grad(dy, w, list(x.shape), *geo), want[0]) <= 4 * TOL[half]
+    assert rel_error(cd.weight_grad(dy, x, list(w.shape), *geo), want[1]) <= 4 * TOL[half]
+
+    wt = (torch.randn(5, 4, 3, 3) / 3).to(half)
+    for variant in VARIANTS:
+        y = cw.forward(x, wt, None, None, [1, 1], [1, 1], [1, 1], 1, "none", variant=variant)
+        assert rel_error(y, F.conv2d(x.double(), wt.double(), None, 1, 1)) <= error_bound(variant, half)
 
 
 # ----------------------------------------------------------------------------- Winograd

@@ -6,7 +6,6 @@ stride does not: a kernel that multiplies in 32 bits wraps around, which the
 interpreter sanitizer reports as an access out of bounds (or the numbers differ).
 The storage is reserved, not touched: only the pages of the few elements in use are
 ever written, so a test costs megabytes, not the 4 GiB it spans."""
-import contextlib
 import os
 
 import pytest
@@ -17,41 +16,11 @@ from fastcnn.triton_kernels import attention as at
 from fastcnn.triton_kernels import batchnorm as bn
 from fastcnn.triton_kernels import bias_act as ba
 from fastcnn.triton_kernels import lrn
-from helpers import ON_GPU, assert_close
+from helpers import ON_GPU, assert_close, far_apart
 
 pytestmark = pytest.mark.skipif(
     ON_GPU or os.environ.get("FASTCNN_SANITIZE", "1") == "0",
     reason="the interpreter's sanitizer checks these launches (on a GPU, run compute-sanitizer)")
-
-FAR = 2**30 + 7  # fits int32; twice it does not
-
-
-@contextlib.contextmanager
-def _no_fill():
-    saved = torch.utils.deterministic.fill_uninitialized_memory
-    torch.utils.deterministic.fill_uninitialized_memory = False  # a 4 GiB memset otherwise
-    try:
-        yield
-    finally:
-        torch.utils.deterministic.fill_uninitialized_memory = saved
-
-
-def far_apart(shape, dim, dtype=torch.float16):
-    """A random tensor of ``shape`` whose ``dim`` has stride FAR (the others compact),
-    so its last index along ``dim`` starts past element 2^31."""
-    inner = [d for d in range(len(shape)) if d != dim]
-    strides = [0] * len(shape)
-    step = 1
-    for d in reversed(inner):
-        strides[d] = step
-        step *= shape[d]
-    assert step <= FAR
-    strides[dim] = FAR
-    with _no_fill():
-        storage = torch.empty((shape[dim] - 1) * FAR + step, dtype=dtype)
-    t = storage.as_strided(shape, strides)
-    t.copy_(torch.randn(shape))
-    return t
 
 
 def _took_far_view(log, kernel):
