@@ -1,6 +1,8 @@
 """GPU-only: the Triton kernels through the op stack on CUDA at real layer sizes
 (every benchmarked layer at a small batch), every dtype including bf16, against
 float64 references. Skipped without a GPU."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,3 +68,39 @@ def test_auto_picks_and_caches(tmp_path, monkeypatch):
     out = ops.conv2d(x, w, padding=1)
     assert_close(out, F.conv2d(x.double(), w.double(), padding=1), torch.bfloat16)
     assert (tmp_path / "autotune.json").exists()
+
+
+@pytest.mark.parametrize("groups", [1, 16], ids=["igemm", "depthwise"])
+def test_conv2d_past_2_31_elements(groups):
+    """One fp16 image of 16 x 16392 x 8192 > 2^31 elements, channels_last: every
+    offset past row 16384 overflows int32 (h * W * C), which the CPU tests cannot
+    reach (the launchers copy strided inputs to dense NHWC, and the interpreter cannot
+    run a tensor this size). Forward and input gradient are checked on the last rows
+    against float64 on a crop, the weight gradient against float64 over bands of rows."""
+    c, h, w = 16, 16392, 8192
+    assert c * h * w > 2**31
+    x = torch.randn(1, c, h, w, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    wt = (torch.randn(c, c // groups, 3, 3, device="cuda") / 6).half()
+    x.requires_grad_()
+    wt.requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to another backend would test nothing
+        y = ops.conv2d(x, wt, None, 1, 1, 1, groups, algo="triton")
+        dy = torch.randn_like(y)
+        dx, dw = torch.autograd.grad(y, (x, wt), dy)
+    rows = slice(h - 8, h)  # the crop: interior rows 1..6 of it are exact with zero padding in H
+    xc, dyc, w64 = x.detach()[:, :, rows].double(), dy[:, :, rows].double(), wt.detach().double()
+    assert_close(y[:, :, h - 7:h - 1], F.conv2d(xc, w64, None, 1, 1, 1, groups)[:, :, 1:7], torch.float16)
+    ref_dx = torch.ops.aten.convolution_backward(dyc, xc, w64, None, [1, 1], [1, 1], [1, 1], False, [0, 0], groups,
+                                                 [True, False, False])[0]
+    assert_close(dx[:, :, h - 7:h - 1], ref_dx[:, :, 1:7], torch.float16)
+    del y, dx
+    # dw sums over every row: float64 over bands of rows, each with its one-row halo
+    ref_dw = torch.zeros_like(w64)
+    for top in range(0, h, 512):
+        bottom = min(top + 512, h)
+        band = x.detach()[:, :, max(top - 1, 0):bottom + 1].double()
+        band = F.pad(band, (0, 0, int(top == 0), int(bottom == h)))  # the zero padding rows
+        ref_dw += torch.ops.aten.convolution_backward(dy[:, :, top:bottom].double(), band, w64, None, [1, 1],
+                                                      [0, 1], [1, 1], False, [0, 0], groups, [False, True, False])[1]
+    assert_close(dw, ref_dw, torch.float16, factor=2)
