@@ -15,7 +15,11 @@ This module wraps the interpreter's memory operations and, per launch, checks:
 * alignment: the address is a multiple of the element size;
 * races between programs: an address written by one program (non-atomically) and
   read, written or atomically updated by another. Atomics among themselves are fine,
-  and so is anything one program does to its own addresses;
+  and so is what one program does to its own addresses, but for:
+* reads of its own writes: a program that loads an address it stored, with no
+  tl.debug_barrier() since. On a GPU the store may have come from another of the
+  program's threads (the two tiles need not share a layout) and need not be visible;
+  the interpreter runs a program as one thread, where it always is;
 * the grid: no more blocks per axis than CUDA launches (65535 on y and z).
 
 A violation raises ``SanitizerError`` naming the kernel, the operation, the tensor
@@ -73,6 +77,12 @@ class _Launch:
         self.program = 0
         # per kind: lists of (unique addresses, program) chunks
         self.accesses = {"load": [], "store": [], "atomic": []}
+        # what the running program has stored since it started or last passed a barrier
+        self.stored_since_barrier = []
+
+    def start_program(self, program):
+        self.program = program
+        self.stored_since_barrier = []
 
     def fail(self, message):
         raise SanitizerError(f"{self.kernel} (grid {self.grid}, program {self.program}): {message}")
@@ -94,6 +104,13 @@ class _Launch:
             bad = addresses[~inside]
             self.fail(f"{kind} out of bounds: {bad.size} address(es), "
                       f"{self._locate(int(bad[0]), itemsize)}")
+        if kind == "load" and self.stored_since_barrier:
+            if np.isin(addresses, np.concatenate(self.stored_since_barrier)).any():
+                self.fail("loads an address it stored with no tl.debug_barrier() in between: on a GPU "
+                          "another thread of the program may have stored it, and its store need not be "
+                          "visible yet")
+        elif kind == "store":
+            self.stored_since_barrier.append(addresses)
         self.accesses[kind].append((addresses, self.program))
 
     def _locate(self, address, itemsize):
@@ -192,7 +209,7 @@ def install():
     from triton.runtime import interpreter as interp
     builder_cls, executor = interp.InterpreterBuilder, interp.GridExecutor
     needed = [(builder_cls, m) for m in ("create_masked_load", "create_masked_store", "create_atomic_rmw",
-                                         "create_atomic_cas", "set_grid_idx")]
+                                         "create_atomic_cas", "set_grid_idx", "create_barrier")]
     needed += [(executor, "__call__"), (executor, "_init_args_hst"), (interp, "_get_np_dtype")]
     missing = [name for owner, name in needed if not hasattr(owner, name)]
     if missing:
@@ -231,8 +248,17 @@ def install():
         set_grid_idx(self, x, y, z)
         if _launch is not None:
             nx, ny, _ = self.grid_dim
-            _launch.program = x + nx * (y + ny * z)
+            _launch.start_program(x + nx * (y + ny * z))
     builder_cls.set_grid_idx = set_grid_idx_tracked
+
+    create_barrier = builder_cls.create_barrier
+
+    @functools.wraps(create_barrier)
+    def barrier_tracked(self):
+        if _launch is not None:
+            _launch.stored_since_barrier = []
+        return create_barrier(self)
+    builder_cls.create_barrier = barrier_tracked
 
     init_args = executor._init_args_hst
 

@@ -59,6 +59,19 @@ def _sum_atomic_kernel(
     tl.atomic_add(out_ptr, tl.sum(tl.load(x_ptr + offs, mask=offs < n, other=0.0)))
 
 
+@triton.jit
+def _store_then_reload_kernel(
+    y_ptr,    # (BLOCK,) written, then read back reversed (another thread's element on a GPU)
+    out_ptr,  # (BLOCK,)
+    BARRIER: tl.constexpr, BLOCK: tl.constexpr,
+):
+    offs = tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, offs.to(tl.float32))
+    if BARRIER:
+        tl.debug_barrier()
+    tl.store(out_ptr + offs, tl.load(y_ptr + (BLOCK - 1 - offs)))
+
+
 def _copy(x, y, shift=0, block=4):
     _copy_kernel[(triton.cdiv(y.numel(), block),)](x, y, y.numel(), x.stride(0), SHIFT=shift, BLOCK=block)
 
@@ -110,6 +123,14 @@ def test_write_write_race_is_caught():
 def test_write_read_race_is_caught():
     with pytest.raises(interpreter_sanitizer.SanitizerError, match="written and read"):
         _reads_neighbour_kernel[(3,)](torch.empty(12), 12, BLOCK=4)
+
+
+def test_reading_back_own_stores_needs_a_barrier():
+    y, out = torch.empty(8), torch.empty(8)
+    with pytest.raises(Exception, match="no tl.debug_barrier"):
+        _store_then_reload_kernel[(1,)](y, out, BARRIER=False, BLOCK=8)
+    _store_then_reload_kernel[(1,)](y, out, BARRIER=True, BLOCK=8)
+    assert torch.equal(out, torch.arange(7, -1, -1, dtype=torch.float32))
 
 
 def test_grid_past_cudas_limits_is_caught():
