@@ -88,7 +88,8 @@ class _Launch:
         raise SanitizerError(f"{self.kernel} (grid {self.grid}, program {self.program}): {message}")
 
     def check(self, kind, addresses, itemsize):
-        """Bounds and alignment of the active ``addresses`` (int64 byte addresses)."""
+        """Bounds, alignment and read-back of the active ``addresses`` (int64 byte
+        addresses) of one memory operation; recorded for check_races."""
         if addresses.size == 0:
             return
         addresses = np.unique(addresses)
