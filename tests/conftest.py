@@ -7,10 +7,13 @@ import os
 
 import torch
 
+# The interpreter sanitizer and the NaN fill of uninitialized memory (CPU only).
+SANITIZE = not torch.cuda.is_available() and os.environ.get("FASTCNN_SANITIZE", "1") != "0"
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    if os.environ.get("FASTCNN_SANITIZE", "1") != "0":
-        # bounds, alignment and cross-program races of every interpreted launch
+    if SANITIZE:
+        # bounds, alignment and races of every interpreted launch
         from interpreter_sanitizer import install
         install()
 # One tile configuration per kernel (triton_kernels/_common.autotune_configs): the
@@ -41,8 +44,7 @@ def _fill_uninitialized_memory(request):
     fresh pages hold. PyTorch does this only with deterministic algorithms on (warn
     only, here); a test module that depends on that flag being off sets
     FILL_UNINITIALIZED_MEMORY = False. FASTCNN_SANITIZE=0 turns it off too."""
-    if (torch.cuda.is_available() or os.environ.get("FASTCNN_SANITIZE", "1") == "0"
-            or not getattr(request.module, "FILL_UNINITIALIZED_MEMORY", True)):
+    if not SANITIZE or not getattr(request.module, "FILL_UNINITIALIZED_MEMORY", True):
         yield
         return
     saved = (torch.are_deterministic_algorithms_enabled(),

@@ -175,6 +175,7 @@ class _Launch:
 _launch = None  # the launch being interpreted (the interpreter runs one at a time)
 _enabled = True
 _logs = []  # lists that record() hands out
+installed = False  # install() has patched the interpreter
 
 
 def _tensor_arguments(names, args, kwargs):
@@ -217,7 +218,7 @@ def install():
         warnings.warn(f"interpreter sanitizer not installed: this Triton's interpreter lacks {missing}")
         return
     if getattr(executor, "_fastcnn_sanitized", False):
-        return
+        return  # already installed
 
     def _start(executor_self, grid):
         global _launch
@@ -299,6 +300,8 @@ def install():
 
     executor.__call__ = call_checked
     executor._fastcnn_sanitized = True
+    global installed
+    installed = True
 
 
 @contextlib.contextmanager

@@ -29,14 +29,17 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float64: 1e-10}
 
 
+def _emu_cache() -> Path:
+    return Path(os.environ.get("FASTCNN_EMU_CACHE", Path.home() / ".cache" / "fastcnn" / "cuda-emu"))
+
+
 @pytest.fixture(scope="session")
 def emulated_C():
     if shutil.which("g++") is None:
         pytest.skip("g++ is needed to build the host emulation of csrc/")
     pytest.importorskip("pybind11")
     from cuda_emu.build import build
-    cache = Path(os.environ.get("FASTCNN_EMU_CACHE", Path.home() / ".cache" / "fastcnn" / "cuda-emu"))
-    return build(cache)
+    return build(_emu_cache())
 
 
 @pytest.fixture
@@ -122,7 +125,7 @@ def test_every_emulated_kernel_is_asan_and_ubsan_clean(emulated_C, tmp_path):
     libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     if not os.path.isabs(libasan):
         pytest.skip("g++ has no AddressSanitizer runtime")
-    cache = Path(os.environ.get("FASTCNN_EMU_CACHE", Path.home() / ".cache" / "fastcnn" / "cuda-emu"))
+    cache = _emu_cache()
     env = dict(os.environ, FASTCNN_EMU_SANITIZE="1", LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0",
                FASTCNN_EMU_CACHE=str(cache))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],

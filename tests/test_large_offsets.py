@@ -6,7 +6,6 @@ stride does not: a kernel that multiplies in 32 bits wraps around, which the
 interpreter sanitizer reports as an access out of bounds (or the numbers differ).
 The storage is reserved, not touched: only the pages of the few elements in use are
 ever written, so a test costs megabytes, not the 4 GiB it spans."""
-import os
 
 import pytest
 import torch
@@ -16,10 +15,10 @@ from fastcnn.triton_kernels import attention as at
 from fastcnn.triton_kernels import batchnorm as bn
 from fastcnn.triton_kernels import bias_act as ba
 from fastcnn.triton_kernels import lrn
-from helpers import ON_GPU, assert_close, far_apart
+from helpers import assert_close, far_apart
 
 pytestmark = pytest.mark.skipif(
-    ON_GPU or os.environ.get("FASTCNN_SANITIZE", "1") == "0",
+    not interpreter_sanitizer.installed,
     reason="the interpreter's sanitizer checks these launches (on a GPU, run compute-sanitizer)")
 
 

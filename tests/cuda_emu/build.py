@@ -53,6 +53,10 @@ def _sanitize() -> bool:
     return os.environ.get("FASTCNN_EMU_SANITIZE", "0") == "1"
 
 
+def _sanitize_flags() -> list:
+    return SANITIZE_FLAGS if _sanitize() else []
+
+
 def _fingerprint() -> str:
     h = hashlib.sha256(b"sanitize" if _sanitize() else b"")
     for p in _sources() + sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.cuh")) + sorted(HERE.glob("include/*.h")) \
@@ -73,7 +77,7 @@ def build(out_dir: Path, jobs: int = 2):
         (out_dir / "fastcnn_build_config.h").write_text('#define FASTCNN_ARCH_LIST "sm_90 (host emulation)"\n')
         flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-w", f"-I{HERE / 'include'}", f"-I{CSRC}",
                  f"-I{out_dir}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
-        flags += SANITIZE_FLAGS if _sanitize() else []
+        flags += _sanitize_flags()
         commands = []
         for src in _sources():
             obj = out_dir / (src.stem + ".o")
@@ -90,7 +94,7 @@ def build(out_dir: Path, jobs: int = 2):
                     raise RuntimeError(f"emulated build failed: {' '.join(cmd)}\n{(proc.stdout + proc.stderr)[-6000:]}")
         objects = [cmd[-1] for cmd in commands]
         tmp = target.with_suffix(".tmp")
-        subprocess.run(["g++", "-shared", "-pthread", *(SANITIZE_FLAGS if _sanitize() else []), *objects,
+        subprocess.run(["g++", "-shared", "-pthread", *_sanitize_flags(), *objects,
                         "-o", str(tmp)], check=True, capture_output=True)
         os.replace(tmp, target)
     spec = importlib.util.spec_from_file_location("_C", target)
