@@ -61,8 +61,7 @@ def test_conv_bn_relu_training(dtype, layout):
 
 def test_auto_picks_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
-    from fastcnn.ops._dispatch import AUTO_CACHE
-    AUTO_CACHE.__init__()
+    ops.AUTO_CACHE.clear()
     x = torch.randn(16, 64, 28, 28, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
     w = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.bfloat16)
     out = ops.conv2d(x, w, padding=1)
@@ -104,3 +103,53 @@ def test_conv2d_past_2_31_elements(groups):
         ref_dw += torch.ops.aten.convolution_backward(dy[:, :, top:bottom].double(), band, w64, None, [1, 1],
                                                       [0, 1], [1, 1], False, [0, 0], groups, [False, True, False])[1]
     assert_close(dw, ref_dw, torch.float16, factor=2)
+
+
+def _conv_lrn_attention(x, w, q, k, v, fastcnn=True):
+    """A few ops, forward and backward: conv2d + LRN on an image, attention on a
+    sequence; through fastcnn.ops, or (fastcnn=False) through torch's own."""
+    conv, lrn, attention = ((ops.conv2d, ops.local_response_norm, ops.attention) if fastcnn else
+                            (F.conv2d, F.local_response_norm, F.scaled_dot_product_attention))
+    y = lrn(torch.relu(conv(x, w, None, 1, 1)), 5)
+    o = attention(q, k, v)
+    return (y, o) + torch.autograd.grad((y.square().sum() + o.square().sum()), (x, w, q, k, v))
+
+
+def _graph_inputs():
+    x = torch.randn(4, 32, 19, 23, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(48, 32, 3, 3, device="cuda") / 17).half()
+    q, k, v = torch.randn(3, 2, 4, 77, 64, device="cuda", dtype=torch.float16).unbind(0)
+    return [t.requires_grad_() for t in (x, w, q, k, v)]
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warmed-up", "cold"])
+def test_cuda_graph_capture_and_replay(warm, tmp_path, monkeypatch):
+    """Captured into a CUDA graph, forward and backward replay with new inputs and give
+    what eager float64 gives on them. Warmed up first, as PyTorch asks, auto's cached
+    choices are captured; met first during the capture ("cold"), auto cannot time and
+    warns, and the capture must still succeed (nothing synchronizes)."""
+    monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
+    ops.AUTO_CACHE.clear()
+    static = _graph_inputs()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2 if warm else 0):
+            _conv_lrn_attention(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.cuda.graph(graph):
+            outs = _conv_lrn_attention(*static)
+    capture_warnings = [str(c.message) for c in caught if "graph capture" in str(c.message)]
+    assert bool(capture_warnings) != warm, capture_warnings
+    for _ in range(2):  # each replay on fresh data
+        fresh = _graph_inputs()
+        with torch.no_grad():
+            for s, f in zip(static, fresh):
+                s.copy_(f)
+        graph.replay()
+        ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in fresh], fastcnn=False)
+        for got, want, what in zip(outs, ref, ("y", "attention", "dx", "dw", "dq", "dk", "dv")):
+            assert_close(got, want, torch.float16, factor=4, what=what)

@@ -10,7 +10,9 @@ xformers); the dispatcher never runs a backend that gave a reason:
 - ``algo="auto"``: on CPU tensors the Triton kernels under the interpreter when
   ``TRITON_INTERPRET=1``, else ``reference``. On CUDA, the fastest candidate,
   timed once per call signature (shapes, layouts, dtypes, arguments) and cached in
-  memory and on disk, keyed by GPU name and library versions.
+  memory and on disk, keyed by GPU name and library versions. A call first seen
+  while a CUDA graph is being captured cannot be timed; it takes a fixed choice
+  (``CAPTURE_ORDER``) and is timed on its first call outside a capture.
 """
 import contextlib
 import json
@@ -27,6 +29,11 @@ from fastcnn.triton_kernels._common import interpret_mode
 
 BACKENDS = ("triton", "cuda", "cudnn", "reference")
 ALGOS = ("auto",) + BACKENDS
+# auto's choice for a call it has not timed, met during CUDA graph capture: the
+# backends that launch without a search of their own first (cuDNN with benchmark
+# mode off, fastcnn's CUDA kernels); Triton's autotuner would time its
+# configurations, which a capture forbids as much as our own timing does.
+CAPTURE_ORDER = ("cudnn", "cuda", "triton", "reference")
 
 
 @dataclass(frozen=True)
@@ -105,46 +112,53 @@ class _AutoCache:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._choices = None
+        self._choices = {}   # environment key -> {call key -> backend}
         self._path = None
+        self._read = False
 
-    def _env_key(self):
+    @staticmethod
+    def env_key(device) -> str:
         import triton
         import fastcnn
-        return (f"{torch.cuda.get_device_name()}|torch {torch.__version__}|"
+        return (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|"
                 f"triton {triton.__version__}|fastcnn {fastcnn.__version__}")
 
     def _load(self):
-        if self._choices is not None:
+        if self._read:
             return
-        self._choices = {}
+        self._read = True
         if os.environ.get("FASTCNN_AUTOTUNE_CACHE", "1") == "0":
             return
         root = Path(os.environ.get("FASTCNN_CACHE_DIR", Path.home() / ".cache" / "fastcnn"))
         self._path = root / "autotune.json"
         try:
-            self._choices = json.loads(self._path.read_text()).get(self._env_key(), {})
+            on_disk = json.loads(self._path.read_text())
         except (OSError, ValueError):
-            pass
+            return
+        if isinstance(on_disk, dict):
+            self._choices = {env: dict(c) for env, c in on_disk.items() if isinstance(c, dict)}
 
-    def get(self, key):
+    def get(self, env, key):
         with self._lock:
             self._load()
-            return self._choices.get(key)
+            return self._choices.get(env, {}).get(key)
 
-    def put(self, key, name):
+    def put(self, env, key, name):
         with self._lock:
             self._load()
-            self._choices[key] = name
+            self._choices.setdefault(env, {})[key] = name
             if self._path is None:
                 return
             try:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    everything = json.loads(self._path.read_text())
+                    everything = json.loads(self._path.read_text())  # other processes' choices too
                 except (OSError, ValueError):
                     everything = {}
-                everything[self._env_key()] = self._choices
+                if not isinstance(everything, dict):
+                    everything = {}
+                theirs = everything.get(env)
+                everything[env] = {**(theirs if isinstance(theirs, dict) else {}), **self._choices[env]}
                 tmp = self._path.with_suffix(f".tmp{os.getpid()}")
                 tmp.write_text(json.dumps(everything, indent=1, sort_keys=True))
                 os.replace(tmp, self._path)
@@ -153,8 +167,10 @@ class _AutoCache:
                 self._path = None
 
     def clear(self):
+        """Forget the choices in memory; the next call reads the file (and the
+        FASTCNN_CACHE_DIR / FASTCNN_AUTOTUNE_CACHE settings) again."""
         with self._lock:
-            self._choices = {}
+            self._choices, self._path, self._read = {}, None, False
 
 
 AUTO_CACHE = _AutoCache()
@@ -171,6 +187,10 @@ def _time_ms(fn, args, reps=3):
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_current_stream_capturing()
 
 
 class OpDispatcher:
@@ -214,12 +234,27 @@ class OpDispatcher:
         timed = [n for n in candidates if n != "reference"] or candidates
         if len(timed) == 1:
             return timed[0]
+        with torch.cuda.device(device):  # events, timed launches and the GPU's name: the tensors' device
+            return self._fastest(timed, args, AUTO_CACHE.env_key(device))
+
+    def _fastest(self, timed, args, env):
+        """The fastest backend of ``timed`` for this call: cached, or timed now and cached."""
         key = f"{self.op}|{signature(args)}"
-        choice = AUTO_CACHE.get(key)
-        if choice not in timed:
-            times = {n: _time_ms(self.backends[n].run, args) for n in timed}
-            choice = min(times, key=times.get)
-            AUTO_CACHE.put(key, choice)
+        choice = AUTO_CACHE.get(env, key)
+        if choice in timed:
+            return choice
+        if _capturing():
+            # Timing would synchronize an event (which invalidates the capture) and
+            # record every candidate into the graph. Not cached: the first eager call
+            # of this signature times it.
+            choice = next(n for n in CAPTURE_ORDER if n in timed)
+            warnings.warn(f"{self.op}: algo='auto' met this call first during CUDA graph capture, where it "
+                          f"cannot time the backends; using {choice!r} (run the call once before capturing)",
+                          stacklevel=3)
+            return choice
+        times = {n: _time_ms(self.backends[n].run, args) for n in timed}
+        choice = min(times, key=times.get)
+        AUTO_CACHE.put(env, key, choice)
         return choice
 
     def __call__(self, algo, *args):
