@@ -66,6 +66,16 @@ def test_dtypes_scale_and_expanded_grad(dtype):
     check_grads(out, ref, (q, k, v), leaves, dtype, grad=expanded_grad(ref.shape, torch.float64))
 
 
+def test_autocast_runs_in_the_autocast_dtype():
+    q, k, v = qkv(2, 2, 9, d=32)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out = ops.attention(q, k, v, causal=True)
+    assert out.dtype == torch.float16
+    leaves, ref = sdpa64(q, k, v, is_causal=True)
+    assert_close(out, ref, torch.float16, what="out")
+    check_grads(out, ref, (q, k, v), leaves, torch.float16)
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_masks(algo):
     q, k, v = qkv(2, 3, 9, 12)
