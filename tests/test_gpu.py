@@ -1,6 +1,7 @@
 """GPU-only: the Triton kernels through the op stack on CUDA at real layer sizes
 (every benchmarked layer at a small batch), every dtype including bf16, against
 float64 references. Skipped without a GPU."""
+import functools
 import warnings
 
 import pytest
@@ -105,11 +106,14 @@ def test_conv2d_past_2_31_elements(groups):
     assert_close(dw, ref_dw, torch.float16, factor=2)
 
 
-def _conv_lrn_attention(x, w, q, k, v, fastcnn=True):
+def _conv_lrn_attention(x, w, q, k, v, algo="auto"):
     """A few ops, forward and backward: conv2d + LRN on an image, attention on a
-    sequence; through fastcnn.ops, or (fastcnn=False) through torch's own."""
-    conv, lrn, attention = ((ops.conv2d, ops.local_response_norm, ops.attention) if fastcnn else
-                            (F.conv2d, F.local_response_norm, F.scaled_dot_product_attention))
+    sequence; through fastcnn.ops with ``algo``, or (algo=None) through torch's own."""
+    if algo is None:
+        conv, lrn, attention = F.conv2d, F.local_response_norm, F.scaled_dot_product_attention
+    else:
+        conv, lrn, attention = (functools.partial(op, algo=algo)
+                                for op in (ops.conv2d, ops.local_response_norm, ops.attention))
     y = lrn(torch.relu(conv(x, w, None, 1, 1)), 5)
     o = attention(q, k, v)
     return (y, o) + torch.autograd.grad((y.square().sum() + o.square().sum()), (x, w, q, k, v))
@@ -150,6 +154,24 @@ def test_cuda_graph_capture_and_replay(warm, tmp_path, monkeypatch):
             for s, f in zip(static, fresh):
                 s.copy_(f)
         graph.replay()
-        ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in fresh], fastcnn=False)
+        ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in fresh], algo=None)
         for got, want, what in zip(outs, ref, ("y", "attention", "dx", "dw", "dq", "dk", "dv")):
             assert_close(got, want, torch.float16, factor=4, what=what)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("algo", ["triton", "cuda", "auto"])
+def test_tensors_on_another_gpu_run_there(algo):
+    """Triton launches on the current device, not its tensors': with cuda:0 current,
+    ops on cuda:1 tensors must still run there (forward and backward)."""
+    torch.cuda.set_device(0)
+    with torch.cuda.device(1):
+        inputs = _graph_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # algo="cuda" falls back where an op has no CUDA kernel
+        got = _conv_lrn_attention(*inputs, algo=algo)
+    assert torch.cuda.current_device() == 0
+    ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in inputs], algo=None)
+    for g, r, what in zip(got, ref, ("y", "attention", "dx", "dw", "dq", "dk", "dv")):
+        assert g.device == torch.device("cuda:1"), what
+        assert_close(g, r, torch.float16, factor=4, what=what)

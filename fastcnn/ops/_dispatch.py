@@ -234,8 +234,7 @@ class OpDispatcher:
         timed = [n for n in candidates if n != "reference"] or candidates
         if len(timed) == 1:
             return timed[0]
-        with torch.cuda.device(device):  # events, timed launches and the GPU's name: the tensors' device
-            return self._fastest(timed, args, AUTO_CACHE.env_key(device))
+        return self._fastest(timed, args, AUTO_CACHE.env_key(device))
 
     def _fastest(self, timed, args, env):
         """The fastest backend of ``timed`` for this call: cached, or timed now and cached."""
@@ -258,13 +257,18 @@ class OpDispatcher:
         return choice
 
     def __call__(self, algo, *args):
-        name = self.choose(algo, args)
         tensors = _tensors(args)
-        if tensors and tensors[0].is_cuda and _nvtx_available():
+        if not (tensors and tensors[0].is_cuda):
+            return self.backends[self.choose(algo, args)].run(*args)
+        # Triton launches on the current device, whatever device its tensors are on;
+        # make theirs current (auto's timing and its cache key use it too).
+        with torch.cuda.device(tensors[0].device):
+            name = self.choose(algo, args)
+            if not _nvtx_available():
+                return self.backends[name].run(*args)
             # An NVTX range per call (op, backend that runs, shapes) for Nsight; CPU calls skip it.
             with torch.cuda.nvtx.range(nvtx_label(self.op, name, args)):
                 return self.backends[name].run(*args)
-        return self.backends[name].run(*args)
 
 
 _NVTX = None
