@@ -1,7 +1,8 @@
 """Test set-up. Without a GPU, Triton kernels run on CPU tensors through Triton's
-interpreter, which must be switched on before any kernel module is imported, and
-which checks no memory access: tests/interpreter_sanitizer.py checks them instead,
-and uninitialized memory is filled with NaN so that reading it shows. On a GPU, each
+interpreter, which must be switched on before any kernel module is imported, which
+computes bf16 on raw bits (tests/interpreter_bf16.py makes it compute as a GPU
+does), and which checks no memory access: tests/interpreter_sanitizer.py checks them
+instead, and uninitialized memory is filled with NaN so that reading it shows. On a GPU, each
 kernel runs its first tile configuration only (FASTCNN_AUTOTUNE=0)."""
 import os
 
@@ -12,6 +13,8 @@ SANITIZE = not torch.cuda.is_available() and os.environ.get("FASTCNN_SANITIZE", 
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    import interpreter_bf16
+    interpreter_bf16.install()
     if SANITIZE:
         # bounds, alignment and races of every interpreted launch
         from interpreter_sanitizer import install

@@ -5,15 +5,17 @@ from collections import namedtuple
 
 import torch
 
-from fastcnn.triton_kernels._common import interpret_mode
+from fastcnn.triton_kernels._common import interpret_mode, interpreter_computes_bf16
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
 
-# bf16 tl.dot returns garbage under the Triton interpreter (measured with Triton
-# 3.9), so bf16 is tested on the GPU only.
-DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+# Triton's interpreter computes bf16 on raw bits; conftest installs
+# tests/interpreter_bf16.py, which computes it as a GPU does, and the probe says
+# whether that took (without it, bf16 is tested on the GPU only).
+BF16 = ON_GPU or interpreter_computes_bf16()
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if BF16 else [])
 
 # Bound on ||out - ref|| / ||ref|| against a float64 reference, per input dtype. fp32
 # on the GPU may use TF32 (cuDNN's default flag), whose 10-bit mantissa sets its bound.

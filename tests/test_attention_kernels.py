@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastcnn.triton_kernels import attention as attn
-from helpers import DEVICE, ON_GPU, REL_TOL, assert_close, expanded_grad, rel_error
+from helpers import DEVICE, DTYPES, ON_GPU, REL_TOL, assert_close, expanded_grad, rel_error
 
 # Floor on the relative error, for dtypes whose PyTorch error can be ~0 on tiny cases.
 FLOOR = {torch.float64: 1e-13, torch.float32: 1e-7, torch.float16: 1e-4, torch.bfloat16: 1e-3}
@@ -103,7 +103,7 @@ SHAPES = [  # B, H, Lq, Lk, D, causal
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])) + ("-causal" if s[5] else ""))
 def test_forward_backward(shape, dtype):
     B, H, Lq, Lk, D, causal = shape
@@ -135,7 +135,7 @@ def test_causal_matches_sdpa_convention():
 
 # ----------------------------------------------------------------------------- masks
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_additive_mask_broadcast_and_minus_inf(dtype):
     """A mask broadcast over heads (stride 0), with -inf entries and one fully masked
     row: o = 0, lse = -inf and zero gradient there, no NaN anywhere."""
@@ -167,7 +167,7 @@ def test_dropout_keep_mask():
     assert not torch.equal(keep, attn.dropout_keep_mask(124, p, 2, 3, 33, 47, DEVICE))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dropout_matches_reference(dtype):
     """Forward and backward regenerate exactly dropout_keep_mask's mask for the seed."""
     B, H, Lq, Lk, D, p, seed = 1, 2, 23, 30, 32, 0.25, 7

@@ -8,7 +8,7 @@ import torch
 
 from fastcnn.triton_kernels import conv2d_igemm, reference
 from fastcnn.triton_kernels.conv2d import conv2d_forward, conv2d_input_grad, conv2d_weight_grad
-from helpers import DEVICE, Conv, check_forward_stats, assert_close, expanded_grad, make_input
+from helpers import BF16, DEVICE, Conv, check_forward_stats, assert_close, expanded_grad, make_input
 
 # Named geometries (>= 16 output channels per group, this family's domain); each
 # test pairs some of them with a dtype, a layout and options rather than taking the
@@ -37,7 +37,7 @@ GEOMETRIES = {
     "batch0": Conv(0, 16, 5, 5, 16, 1, 3, 3, (1, 1), (1, 1), (1, 1)),
 }
 
-GPU = pytest.mark.gpu  # bf16 tl.dot is garbage under the interpreter
+BF16_OK = pytest.mark.skipif(not BF16, reason="bf16 is computed wrong by this Triton interpreter")
 
 
 
@@ -72,8 +72,8 @@ def expected_format(layout):
     ("g4_cg4_flat", torch.float64, "noncontig", True, False, "gelu"),
     ("g2_cg16_flat_dil2", torch.float16, "nhwc", False, True, "silu"),
     ("batch0", torch.float32, "nchw", True, False, "none"),
-    pytest.param("3x3_s2", torch.bfloat16, "nhwc", True, True, "relu", marks=GPU),
-    pytest.param("g4_cg4_flat", torch.bfloat16, "nchw", True, False, "none", marks=GPU),
+    pytest.param("3x3_s2", torch.bfloat16, "nhwc", True, True, "relu", marks=BF16_OK),
+    pytest.param("g4_cg4_flat", torch.bfloat16, "nchw", True, False, "none", marks=BF16_OK),
 ])
 def test_forward(geom, dtype, layout, bias, residual, activation):
     g = GEOMETRIES[geom]
@@ -147,7 +147,7 @@ def test_forward_stats_empty():
     ("batch0", torch.float32, "nchw"),
     ("3x3_s2", torch.float32, "expanded"),
     ("g4_cg4_flat", torch.float16, "expanded"),
-    pytest.param("s4_dil3", torch.bfloat16, "nhwc", marks=GPU),
+    pytest.param("s4_dil3", torch.bfloat16, "nhwc", marks=BF16_OK),
 ])
 def test_input_grad(geom, dtype, layout):
     g = GEOMETRIES[geom]
@@ -198,7 +198,7 @@ def test_tap_progression():
     ("g2_cg16_flat_dil2", torch.float64, "nhwc", 27),
     ("3x3_s2", torch.float32, "expanded", 27),
     ("g4_cg4_flat", torch.float16, "expanded", None),
-    pytest.param("g2_cg20", torch.bfloat16, "nhwc", None, marks=GPU),
+    pytest.param("g2_cg20", torch.bfloat16, "nhwc", None, marks=BF16_OK),
 ])
 def test_weight_grad(geom, dtype, layout, split_align, monkeypatch):
     g = GEOMETRIES[geom]

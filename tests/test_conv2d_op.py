@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fastcnn import ops
+from fastcnn.ops import _dispatch
 from fastcnn.ops.conv2d import conv2d_input_grad_op, conv2d_op, conv2d_weight_grad_op
 from helpers import DEVICE, DTYPES, assert_close, expanded_grad, make_input
 
@@ -148,11 +149,13 @@ def test_every_algo_gives_the_right_answer():
         assert_close(out, ref, what=algo)
 
 
-def test_bf16_on_cpu_falls_back_to_a_correct_backend():
+def test_bf16_on_a_broken_interpreter_falls_back_to_a_correct_backend(monkeypatch):
     if DEVICE != "cpu":
         pytest.skip("interpreter-only limitation")
+    # what Triton's own interpreter (without tests/interpreter_bf16.py) gets
+    monkeypatch.setattr(_dispatch, "interpreter_computes_bf16", lambda: False)
     x, w = make_input((1, 8, 9, 9), dtype=torch.bfloat16), torch.randn(16, 8, 3, 3).bfloat16()
-    with pytest.warns(UserWarning, match="bf16"):
+    with pytest.warns(UserWarning, match="computes bf16 wrong"):
         out = ops.conv2d(x, w, padding=1, algo="triton")
     assert_close(out, F.conv2d(x.double(), w.double(), padding=1), torch.bfloat16)
 

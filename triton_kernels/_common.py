@@ -1,5 +1,6 @@
 """Pieces shared by every Triton kernel: interpreter detection, autotune configs,
 the activation epilogue and output allocation."""
+import functools
 import os
 
 import torch
@@ -10,6 +11,40 @@ import triton.language as tl
 def interpret_mode() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _bf16_probe_kernel(a_ptr,    # (16, 16) bf16
+                       b_ptr,    # (16, 16) bf16
+                       out_ptr,  # (3, 16, 16) fp32: dot, elementwise, row reductions (broadcast)
+                       ):
+    r = tl.arange(0, 16)
+    offs = r[:, None] * 16 + r[None, :]
+    a = tl.load(a_ptr + offs)
+    b = tl.load(b_ptr + offs)
+    tl.store(out_ptr + offs, tl.dot(a, b))
+    tl.store(out_ptr + 256 + offs, tl.where(a < b, a * b + a, tl.maximum(a, b) - b).to(tl.float32))
+    rows = tl.sum(a, axis=1) + tl.max(b, axis=1) + (a.to(tl.float32) * 3.0).to(tl.bfloat16).sum(axis=0)
+    tl.store(out_ptr + 512 + offs, tl.broadcast_to(rows[:, None], (16, 16)).to(tl.float32))
+
+
+@functools.cache
+def interpreter_computes_bf16() -> bool:
+    """Whether this Triton interpreter computes bf16 right: tl.dot, arithmetic,
+    comparisons, reductions and casts, checked once on a 16 x 16 tile against torch.
+    Triton 3.9's works on the raw bits (garbage, no error); tests/interpreter_bf16.py
+    makes it compute in fp32 as a GPU does. False when not interpreting."""
+    if not interpret_mode():
+        return False
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(16, 16, generator=gen).bfloat16() for _ in range(2))
+    out = torch.empty(3, 16, 16)
+    _bf16_probe_kernel[(1,)](a, b, out)
+    rows = a.sum(1) + b.max(1).values + (a.float() * 3.0).bfloat16().sum(0)
+    want = (a.float() @ b.float(), torch.where(a < b, a * b + a, torch.maximum(a, b) - b).float(),
+            rows.float()[:, None].expand(16, 16))
+    # within a few bf16 roundings of the values: garbage is off by orders of magnitude
+    return all(torch.allclose(o, w, rtol=2 ** -6, atol=2 ** -6 * w.abs().max().item()) for o, w in zip(out, want))
 
 
 def autotune_configs(gpu_configs, interpreter_config):

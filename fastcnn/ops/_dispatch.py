@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from fastcnn.triton_kernels._common import interpret_mode
+from fastcnn.triton_kernels._common import interpret_mode, interpreter_computes_bf16
 
 BACKENDS = ("triton", "cuda", "cudnn", "reference")
 ALGOS = ("auto",) + BACKENDS
@@ -52,16 +52,19 @@ def triton_reasons(*args, dtypes=(torch.float16, torch.bfloat16, torch.float32))
     tensors = _tensors(args)
     reasons = []
     device = tensors[0].device
+    dtype = tensors[0].dtype
     if device.type == "cpu":
         if not interpret_mode():
             reasons.append("CPU tensors (set TRITON_INTERPRET=1 to run the Triton kernels on the CPU)")
-        dtypes = tuple(d for d in dtypes if d != torch.bfloat16) + (torch.float64,)
+            return reasons
+        dtypes = dtypes + (torch.float64,)
+        if dtype == torch.bfloat16 and dtype in dtypes and not interpreter_computes_bf16():
+            return reasons + ["this Triton interpreter computes bf16 wrong (it multiplies the raw bits; "
+                              "tests/interpreter_bf16.py fixes that)"]
     elif device.type != "cuda":
         reasons.append(f"device {device.type} is not supported by the Triton kernels")
-    dtype = tensors[0].dtype
     if dtype not in dtypes:
-        why = " (bf16 tl.dot is wrong under the Triton interpreter)" if dtype == torch.bfloat16 else ""
-        reasons.append(f"dtype {dtype} is not supported by the Triton kernels here{why}")
+        reasons.append(f"dtype {dtype} is not supported by the Triton kernels here")
     return reasons
 
 
