@@ -134,7 +134,7 @@ def error_case():
     return x, w, F.conv2d(x, w, padding=1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_error_bounds(error_case, dtype):
     x, w, ref = error_case
     xs, ws = x.to(dtype), w.to(dtype)
