@@ -20,7 +20,13 @@ This module wraps the interpreter's memory operations and, per launch, checks:
   tl.debug_barrier() since. On a GPU the store may have come from another of the
   program's threads (the two tiles need not share a layout) and need not be visible;
   the interpreter runs a program as one thread, where it always is;
-* the grid: no more blocks per axis than CUDA launches (65535 on y and z).
+* the grid: no more blocks per axis than CUDA launches (65535 on y and z);
+* reruns of autotuned kernels: the autotuner times every configuration on the real
+  arguments, so a launch under ``triton.autotune`` must give the same result however
+  often it runs. One that reads an address before writing it, or updates it
+  atomically, fails unless that argument is in the autotuner's ``reset_to_zero`` or
+  ``restore_value``. Under the interpreter each kernel has one configuration and is
+  run once, so only this check shows what autotuning on a GPU would do.
 
 A violation raises ``SanitizerError`` naming the kernel, the operation, the tensor
 argument and the offending offsets, when the launch (or the bad access) happens.
@@ -61,10 +67,13 @@ class _Buffer:
 class _Launch:
     """What one kernel launch has done so far: its buffers and every program's accesses."""
 
-    def __init__(self, kernel, grid, buffers):
+    def __init__(self, kernel, grid, buffers, autotuner=None):
         self.kernel = kernel
         self.grid = grid
         self.buffers = buffers
+        # the autotuner this launch runs under, if any: the arguments it resets or restores
+        self.autotuned = autotuner is not None
+        self.rerun_safe = set(autotuner.reset_to_zero) | set(autotuner.restore_value) if autotuner else set()
         # arguments may overlap (views of one tensor): check against their union
         merged = []
         for b in sorted((b for b in buffers if b.end > b.start), key=lambda b: b.start):
@@ -75,7 +84,8 @@ class _Launch:
         self.starts = np.array([m[0] for m in merged], dtype=np.int64)
         self.ends = np.array([m[1] for m in merged], dtype=np.int64)
         self.program = 0
-        # per kind: lists of (unique addresses, program) chunks
+        self.ops = 0  # memory operations so far, in the order the interpreter ran them
+        # per kind: lists of (unique addresses, program, operation number) chunks
         self.accesses = {"load": [], "store": [], "atomic": []}
         # what the running program has stored since it started or last passed a barrier
         self.stored_since_barrier = []
@@ -112,7 +122,8 @@ class _Launch:
                           "visible yet")
         elif kind == "store":
             self.stored_since_barrier.append(addresses)
-        self.accesses[kind].append((addresses, self.program))
+        self.ops += 1
+        self.accesses[kind].append((addresses, self.program, self.ops))
 
     def _locate(self, address, itemsize):
         """Words for where an address lies relative to the nearest buffer."""
@@ -152,13 +163,42 @@ class _Launch:
                 i = int(np.argmax(clash))
                 self._race(f"written and {verb}", int(o_addr[i]), int(s_prog[at[i]]), int(o_prog[i]))
 
-    def _gather(self, kind):
+    def check_rerun(self):
+        """An autotuned launch must not depend on what it wrote before: no atomic
+        update and no read of an address before its first write in the launch,
+        outside the arguments its autotuner resets or restores."""
+        if not self.autotuned:
+            return
+        unsafe = [b for b in self.buffers if b.name not in self.rerun_safe and b.end > b.start]
+        atomics = self._gather("atomic")
+        if atomics is not None:
+            self._rerun_hazard(unsafe, atomics[0], "updates atomically")
+        stores, loads = self._gather("store", ops=True), self._gather("load", ops=True)
+        if stores is None or loads is None:
+            return
+        s_addr, first_store = _first_by_address(stores[0], stores[2])
+        l_addr, first_load = _first_by_address(loads[0], loads[2])
+        at = np.searchsorted(s_addr, l_addr).clip(max=s_addr.size - 1)
+        read_first = (s_addr[at] == l_addr) & (first_load < first_store[at])
+        self._rerun_hazard(unsafe, l_addr[read_first], "reads before writing")
+
+    def _rerun_hazard(self, buffers, addresses, what):
+        for b in buffers:
+            if ((addresses >= b.start) & (addresses < b.end)).any():
+                raise SanitizerError(
+                    f"{self.kernel} (grid {self.grid}) {what} {b.desc}, and is autotuned: the autotuner runs "
+                    f"each configuration on the real arguments while timing, so on a GPU the result would "
+                    f"depend on how many ran. Add '{b.name}' to its reset_to_zero or restore_value.")
+
+    def _gather(self, kind, ops=False):
         chunks = self.accesses[kind]
         if not chunks:
             return None
-        addr = np.concatenate([a for a, _ in chunks])
-        prog = np.concatenate([np.full(a.size, p, dtype=np.int64) for a, p in chunks])
-        return addr, prog
+        addr = np.concatenate([c[0] for c in chunks])
+        prog = np.concatenate([np.full(c[0].size, c[1], dtype=np.int64) for c in chunks])
+        if not ops:
+            return addr, prog
+        return addr, prog, np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in chunks])
 
     def _race(self, what, address, p, q):
         buffer = next(b for b in self.buffers if b.start <= address < b.end)
@@ -172,7 +212,17 @@ class _Launch:
         return (program % nx, program // nx % ny, program // (nx * ny))
 
 
+def _first_by_address(addresses, ops):
+    """(sorted unique addresses, the first operation number touching each)."""
+    order = np.lexsort((ops, addresses))
+    addresses, ops = addresses[order], ops[order]
+    first = np.ones(addresses.size, dtype=bool)
+    first[1:] = addresses[1:] != addresses[:-1]
+    return addresses[first], ops[first]
+
+
 _launch = None  # the launch being interpreted (the interpreter runs one at a time)
+_autotuner = None  # the triton.autotune wrapper whose run() is on the stack, if any
 _enabled = True
 _logs = []  # lists that record() hands out
 installed = False  # install() has patched the interpreter
@@ -223,7 +273,7 @@ def install():
     def _start(executor_self, grid):
         global _launch
         _launch = _Launch(getattr(executor_self.fn, "__name__", "kernel"), grid,
-                          getattr(executor_self, "_fastcnn_buffers", []))
+                          getattr(executor_self, "_fastcnn_buffers", []), _autotuner)
         for log in _logs:
             log.append(_launch)
 
@@ -294,11 +344,25 @@ def install():
             call(self, *args, **kwargs)
             if _launch is not None:
                 _launch.check_races()
+                _launch.check_rerun()
         finally:
             self.grid = self._fastcnn_grid
             _launch = None
 
     executor.__call__ = call_checked
+
+    from triton.runtime.autotuner import Autotuner
+    autotuner_run = Autotuner.run
+
+    @functools.wraps(autotuner_run)
+    def run_tracked(self, *args, **kwargs):
+        global _autotuner
+        saved, _autotuner = _autotuner, self
+        try:
+            return autotuner_run(self, *args, **kwargs)
+        finally:
+            _autotuner = saved
+    Autotuner.run = run_tracked
     executor._fastcnn_sanitized = True
     global installed
     installed = True

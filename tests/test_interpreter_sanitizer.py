@@ -70,6 +70,57 @@ def _store_then_reload_kernel(
     tl.store(out_ptr + offs, tl.load(y_ptr + (BLOCK - 1 - offs)))
 
 
+@triton.jit
+def _add_one_in_place_kernel(
+    x_ptr,  # (n,) read, then written: x += 1
+    n, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + 1.0, mask=offs < n)
+
+
+@triton.jit
+def _scratch_kernel(
+    tmp_ptr,  # (n,) written, then read back by the same program: rerun-safe
+    out_ptr,  # (n,)
+    n, BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(tmp_ptr + offs, offs.to(tl.float32), mask=offs < n)
+    tl.debug_barrier()
+    tl.store(out_ptr + offs, tl.load(tmp_ptr + offs, mask=offs < n) * 2.0, mask=offs < n)
+
+
+def _autotuned(kernel, **kwargs):
+    return triton.autotune(configs=[triton.Config({"BLOCK": 4})], key=["n"], **kwargs)(kernel)
+
+
+_add_one_autotuned = _autotuned(_add_one_in_place_kernel)
+_add_one_restored = _autotuned(_add_one_in_place_kernel, restore_value=["x_ptr"])
+_sum_atomic_autotuned = _autotuned(_sum_atomic_kernel)
+_sum_atomic_reset = _autotuned(_sum_atomic_kernel, reset_to_zero=["out_ptr"])
+_scratch_autotuned = _autotuned(_scratch_kernel)
+
+
+def test_autotuned_kernels_must_give_the_same_result_when_rerun():
+    """The autotuner times each configuration on the real arguments, so on a GPU an
+    in-place or atomic update would be applied once per configuration tried."""
+    grid = lambda meta: (triton.cdiv(13, meta["BLOCK"]),)  # noqa: E731
+    x = torch.randn(13)
+    _add_one_in_place_kernel[(4,)](x, 13, BLOCK=4)  # not autotuned: runs once, fine
+    with pytest.raises(interpreter_sanitizer.SanitizerError, match=r"reads before writing x_ptr.*restore_value"):
+        _add_one_autotuned[grid](x, 13)
+    _add_one_restored[grid](x, 13)
+    out = torch.zeros(1)
+    with pytest.raises(interpreter_sanitizer.SanitizerError, match="updates atomically out_ptr.*reset_to_zero"):
+        _sum_atomic_autotuned[grid](x, out, 13)
+    _sum_atomic_reset[grid](x, out.zero_(), 13)
+    torch.testing.assert_close(out[0], x.sum())
+    y = torch.empty(13)
+    _scratch_autotuned[grid](torch.empty(13), y, 13)  # writes before it reads: rerun-safe
+    assert torch.equal(y, torch.arange(13.0) * 2)
+
+
 def _copy(x, y, shift=0, block=4):
     _copy_kernel[(triton.cdiv(y.numel(), block),)](x, y, y.numel(), x.stride(0), SHIFT=shift, BLOCK=block)
 
