@@ -59,8 +59,8 @@ def triton_reasons(*args, dtypes=(torch.float16, torch.bfloat16, torch.float32))
             return reasons
         dtypes = dtypes + (torch.float64,)
         if dtype == torch.bfloat16 and dtype in dtypes and not interpreter_computes_bf16():
-            return reasons + ["this Triton interpreter computes bf16 wrong (it multiplies the raw bits; "
-                              "tests/interpreter_bf16.py fixes that)"]
+            return reasons + ["this Triton interpreter computes bf16 wrong, on the raw bits "
+                              "(triton_kernels._common.interpreter_computes_bf16)"]
     elif device.type != "cuda":
         reasons.append(f"device {device.type} is not supported by the Triton kernels")
     if dtype not in dtypes:
