@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -245,6 +246,36 @@ def test_runner_end_to_end_on_cpu_with_a_fake_timer(tmp_path, monkeypatch):
         assert len(calls) == 8
     paths = runner.write_report(models if model else ops, str(tmp_path), charts=True)
     assert os.path.exists(paths["markdown"])
+
+
+@pytest.mark.parametrize("suite, table, rows", [
+    ("depthwise", "DEPTHWISE", [("tiny.dw", 8, 7, 9, 8, 3, 3, 2, 1, 8)]),
+    ("lrn", "LRN_LAYERS", [("tiny.lrn", 7, 5, 6, 5, 1e-4, 0.75, 2.0)]),
+    ("conv_bn_relu", "RESNET50", [("tiny.conv", 4, 7, 9, 16, 3, 3, 1, 1)]),
+])
+def test_op_suites_run_on_cpu(suite, table, rows, monkeypatch):
+    """Each op suite's callables, every contender, forward and backward, on a tiny
+    shape with the CPU's backends (a GPU session should not be where a suite's own
+    code is first run)."""
+    from fastcnn.bench import layers
+    from fastcnn.bench.layers import ConvLayer
+    monkeypatch.setattr(layers, table, [ConvLayer(*r) if table != "LRN_LAYERS" else r for r in rows])
+    cfg = BenchConfig(dtypes=("fp32",), batches=(2,), device="cpu", backward=True)
+    items = list(cases(cfg, [suite]))
+    assert {c.name for c in items} == {rows[0][0]}
+    ran = []
+
+    def timer(fn):
+        fn()
+        ran.append(fn)
+        return [1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # algo="cuda" falls back on the CPU, with a warning
+        report = runner.run_cases(cfg, items, timer, runner.Progress(len(items), io.StringIO()))
+    for result in report["results"]:
+        assert all("ms" in t for t in result["timings"].values()), result["timings"]
+        assert set(result["timings"]) >= {"cudnn", "triton", "auto"}
+    assert len(ran) == sum(len(r["timings"]) for r in report["results"])
 
 
 def test_attention_suite_cases_and_callables_on_cpu(monkeypatch):
