@@ -55,13 +55,14 @@ def _bf16(handle):
     return interp.TensorHandle(to_bf16(handle.data), tl.bfloat16)
 
 
-_WRAPPED = []  # (class, name, original)
+_WRAPPED = []  # (class, name, original, wrapped)
 
 
 def _wrap(cls, name, make):
     original = getattr(cls, name)
-    setattr(cls, name, make(original))
-    _WRAPPED.append((cls, name, original))
+    wrapped = make(original)
+    setattr(cls, name, wrapped)
+    _WRAPPED.append((cls, name, original, wrapped))
 
 
 def _binary_op(original):
@@ -82,12 +83,6 @@ def _elementwise(original):
         out = original(self, *[_f32(a) if isinstance(a, interp.TensorHandle) else a for a in args])
         return _bf16(out)
     return method
-
-
-def _unary_op(original):
-    def unary_op(self, arg, op):
-        return _bf16(original(self, _f32(arg), op)) if _is_bf16(arg) else original(self, arg, op)
-    return unary_op
 
 
 def _cast_impl(original):
@@ -144,8 +139,7 @@ def install():
         return
     builder = interp.InterpreterBuilder
     _wrap(builder, "binary_op", _binary_op)
-    _wrap(builder, "unary_op", _unary_op)
-    for name in ("create_fma", "create_erf", "create_rsqrt", "create_clampf"):
+    for name in ("unary_op", "create_fma", "create_erf", "create_rsqrt", "create_clampf"):
         _wrap(builder, name, _elementwise)
     _wrap(builder, "cast_impl", _cast_impl)
     _wrap(builder, "create_fp_to_fp", _fp_to_fp)
@@ -159,14 +153,13 @@ def install():
 def disabled():
     """The interpreter's own bf16 for a while (to show what install() fixes)."""
     global installed
-    saved = [(cls, name, getattr(cls, name)) for cls, name, _ in _WRAPPED]
     was = installed
-    for cls, name, original in _WRAPPED:
+    for cls, name, original, _ in _WRAPPED:
         setattr(cls, name, original)
     installed = False
     try:
         yield
     finally:
-        for cls, name, wrapped in saved:
+        for cls, name, _, wrapped in _WRAPPED:
             setattr(cls, name, wrapped)
         installed = was

@@ -141,22 +141,18 @@ class _Launch:
         stores = self._gather("store")
         if stores is None:
             return
-        s_addr, s_prog = stores
-        order = np.lexsort((s_prog, s_addr))
-        s_addr, s_prog = s_addr[order], s_prog[order]
+        s_addr, s_prog, first = _sort_by_address(stores[0], stores[1])
         twice = (s_addr[1:] == s_addr[:-1]) & (s_prog[1:] != s_prog[:-1])
         if twice.any():
             i = int(np.argmax(twice))
             self._race("written", int(s_addr[i]), int(s_prog[i]), int(s_prog[i + 1]))
         # each address is now written by one program: who touches it otherwise?
-        first = np.ones(s_addr.size, dtype=bool)
-        first[1:] = s_addr[1:] != s_addr[:-1]
         s_addr, s_prog = s_addr[first], s_prog[first]
         for kind, verb in (("load", "read"), ("atomic", "atomically updated")):
             other = self._gather(kind)
             if other is None:
                 continue
-            o_addr, o_prog = other
+            o_addr, o_prog, _ = other
             at = np.searchsorted(s_addr, o_addr).clip(max=s_addr.size - 1)
             clash = (s_addr[at] == o_addr) & (s_prog[at] != o_prog)
             if clash.any():
@@ -173,7 +169,7 @@ class _Launch:
         atomics = self._gather("atomic")
         if atomics is not None:
             self._rerun_hazard(unsafe, atomics[0], "updates atomically")
-        stores, loads = self._gather("store", ops=True), self._gather("load", ops=True)
+        stores, loads = self._gather("store"), self._gather("load")
         if stores is None or loads is None:
             return
         s_addr, first_store = _first_by_address(stores[0], stores[2])
@@ -190,14 +186,13 @@ class _Launch:
                     f"each configuration on the real arguments while timing, so on a GPU the result would "
                     f"depend on how many ran. Add '{b.name}' to its reset_to_zero or restore_value.")
 
-    def _gather(self, kind, ops=False):
+    def _gather(self, kind):
+        """(addresses, program, operation number) of every access of ``kind``, or None."""
         chunks = self.accesses[kind]
         if not chunks:
             return None
         addr = np.concatenate([c[0] for c in chunks])
         prog = np.concatenate([np.full(c[0].size, c[1], dtype=np.int64) for c in chunks])
-        if not ops:
-            return addr, prog
         return addr, prog, np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in chunks])
 
     def _race(self, what, address, p, q):
@@ -212,12 +207,19 @@ class _Launch:
         return (program % nx, program // nx % ny, program // (nx * ny))
 
 
-def _first_by_address(addresses, ops):
-    """(sorted unique addresses, the first operation number touching each)."""
-    order = np.lexsort((ops, addresses))
-    addresses, ops = addresses[order], ops[order]
+def _sort_by_address(addresses, keys):
+    """(addresses, keys) sorted by address, then key, and the mask of each address's
+    first entry (its smallest key)."""
+    order = np.lexsort((keys, addresses))
+    addresses, keys = addresses[order], keys[order]
     first = np.ones(addresses.size, dtype=bool)
     first[1:] = addresses[1:] != addresses[:-1]
+    return addresses, keys, first
+
+
+def _first_by_address(addresses, ops):
+    """(sorted unique addresses, the first operation number touching each)."""
+    addresses, ops, first = _sort_by_address(addresses, ops)
     return addresses[first], ops[first]
 
 

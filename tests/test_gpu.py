@@ -119,11 +119,19 @@ def _conv_lrn_attention(x, w, q, k, v, algo="auto"):
     return (y, o) + torch.autograd.grad((y.square().sum() + o.square().sum()), (x, w, q, k, v))
 
 
-def _graph_inputs():
+def _conv_lrn_attention_inputs():
     x = torch.randn(4, 32, 19, 23, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
     w = (torch.randn(48, 32, 3, 3, device="cuda") / 17).half()
     q, k, v = torch.randn(3, 2, 4, 77, 64, device="cuda", dtype=torch.float16).unbind(0)
     return [t.requires_grad_() for t in (x, w, q, k, v)]
+
+
+def _assert_matches_float64(got, inputs):
+    """``got`` (from _conv_lrn_attention on ``inputs``) against torch in float64."""
+    ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in inputs], algo=None)
+    for g, r, what in zip(got, ref, ("y", "attention", "dx", "dw", "dq", "dk", "dv"), strict=True):
+        assert g.device == inputs[0].device, what
+        assert_close(g, r, torch.float16, factor=4, what=what)
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warmed-up", "cold"])
@@ -134,7 +142,7 @@ def test_cuda_graph_capture_and_replay(warm, tmp_path, monkeypatch):
     warns, and the capture must still succeed (nothing synchronizes)."""
     monkeypatch.setenv("FASTCNN_CACHE_DIR", str(tmp_path))
     ops.AUTO_CACHE.clear()
-    static = _graph_inputs()
+    static = _conv_lrn_attention_inputs()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -149,14 +157,12 @@ def test_cuda_graph_capture_and_replay(warm, tmp_path, monkeypatch):
     capture_warnings = [str(c.message) for c in caught if "graph capture" in str(c.message)]
     assert bool(capture_warnings) != warm, capture_warnings
     for _ in range(2):  # each replay on fresh data
-        fresh = _graph_inputs()
+        fresh = _conv_lrn_attention_inputs()
         with torch.no_grad():
             for s, f in zip(static, fresh):
                 s.copy_(f)
         graph.replay()
-        ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in fresh], algo=None)
-        for got, want, what in zip(outs, ref, ("y", "attention", "dx", "dw", "dq", "dk", "dv")):
-            assert_close(got, want, torch.float16, factor=4, what=what)
+        _assert_matches_float64(outs, fresh)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -166,12 +172,10 @@ def test_tensors_on_another_gpu_run_there(algo):
     ops on cuda:1 tensors must still run there (forward and backward)."""
     torch.cuda.set_device(0)
     with torch.cuda.device(1):
-        inputs = _graph_inputs()
+        inputs = _conv_lrn_attention_inputs()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # algo="cuda" falls back where an op has no CUDA kernel
         got = _conv_lrn_attention(*inputs, algo=algo)
     assert torch.cuda.current_device() == 0
-    ref = _conv_lrn_attention(*[t.detach().double().requires_grad_() for t in inputs], algo=None)
-    for g, r, what in zip(got, ref, ("y", "attention", "dx", "dw", "dq", "dk", "dv")):
-        assert g.device == torch.device("cuda:1"), what
-        assert_close(g, r, torch.float16, factor=4, what=what)
+    assert inputs[0].device == torch.device("cuda:1")
+    _assert_matches_float64(got, inputs)  # outputs on cuda:1 too

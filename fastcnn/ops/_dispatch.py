@@ -15,6 +15,7 @@ xformers); the dispatcher never runs a backend that gave a reason:
   (``CAPTURE_ORDER``) and is timed on its first call outside a capture.
 """
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -120,10 +121,11 @@ class _AutoCache:
         self._read = False
 
     @staticmethod
-    def env_key(device) -> str:
+    @functools.cache  # asked on every auto call: built once per device
+    def env_key(device_index: int) -> str:
         import triton
         import fastcnn
-        return (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|"
+        return (f"{torch.cuda.get_device_name(device_index)}|torch {torch.__version__}|"
                 f"triton {triton.__version__}|fastcnn {fastcnn.__version__}")
 
     def _load(self):
@@ -237,7 +239,7 @@ class OpDispatcher:
         timed = [n for n in candidates if n != "reference"] or candidates
         if len(timed) == 1:
             return timed[0]
-        return self._fastest(timed, args, AUTO_CACHE.env_key(device))
+        return self._fastest(timed, args, AUTO_CACHE.env_key(device.index))
 
     def _fastest(self, timed, args, env):
         """The fastest backend of ``timed`` for this call: cached, or timed now and cached."""
