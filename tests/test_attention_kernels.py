@@ -244,16 +244,15 @@ def test_gpu_vit_sizes(D, dtype, causal):
     check(q, k, v, causal=causal, deterministic=True)
 
 
-def test_exact_fp32_calls_prune_to_the_fma_tiles():
+def test_exact_fp32_calls_get_the_fma_autotuner():
     """On the GPU an exact (ieee) fp32 dot runs on FMAs, where the tensor-core tiles
-    spill; the autotuner's prune hands such calls the small FMA tiles only."""
-    import triton
+    spill; the launcher hands such calls the autotuner over the small FMA tiles, every
+    other call the tensor-core one. Each kernel's two autotuners wrap one jit function."""
     from fastcnn.triton_kernels import attention as at
-    mma = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}), triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
-    fma = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-           for bm, bn, w, st in at._FMA_TILES]
-    configs = mma + fma
-    for dtype, prec, want in [(torch.float32, "ieee", fma), (torch.float32, "tf32", mma),
-                              (torch.bfloat16, "ieee", mma), (torch.float16, "ieee", mma)]:
-        got = at._fma_or_mma(configs, {"q_ptr": torch.empty(1, dtype=dtype)}, PREC=prec)
-        assert len(got) == len(want) and all(a is b for a, b in zip(got, want)), (dtype, prec)
+    for kernel in (at._attention_forward_kernel, at._attention_dkdv_kernel, at._attention_dq_kernel):
+        assert kernel.mma.fn is kernel.fn and kernel.fma.fn is kernel.fn
+        for dtype, prec, want in [(torch.float32, "ieee", kernel.fma), (torch.float32, "tf32", kernel.mma),
+                                  (torch.bfloat16, "ieee", kernel.mma), (torch.float16, "ieee", kernel.mma),
+                                  (torch.float64, "ieee", kernel.mma)]:
+            assert kernel.for_call(dtype, prec) is want, (kernel.fn.__name__, dtype, prec)
+

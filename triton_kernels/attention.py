@@ -151,47 +151,53 @@ LN2 = 0.6931471805599453
 # sm_90, head_dim 64-128: 6-30 KB of stack), these small tiles do not.
 _FMA_TILES = [(32, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 2), (16, 32, 4, 2), (32, 16, 2, 2), (16, 16, 2, 2)]
 
+_FORWARD_TILES = [
+    (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
+    (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2),
+    # with an additive mask only BLOCK_N = 32 and 8 warps compile without
+    # spills (ptxas for sm_90a, D = 64 and 128)
+    (128, 32, 8, 2),
+]
+# dk/dv programs own BLOCK_N keys and loop over BLOCK_M queries (the dq kernel the
+# other way round); FA2 favours a small inner block and a large outer one.
+_BACKWARD_TILES = [
+    (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3),
+    (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4), (32, 64, 8, 3),
+]
+assert not set(_FMA_TILES) & set(_FORWARD_TILES + _BACKWARD_TILES), "a tensor-core tile is also an FMA tile"
 
-def _tile(config):
-    return config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages
+_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT", "PREC"]
 
 
-def _fma_or_mma(configs, named_args, **kwargs):
-    """early_config_prune: the FMA tiles for an fp32 exact dot, else the tensor-core ones."""
-    fma = named_args["q_ptr"].dtype == torch.float32 and kwargs.get("PREC") == "ieee"
-    return [c for c in configs if (_tile(c) in _FMA_TILES) == fma] or configs
+def uses_fma_tiles(dtype: torch.dtype, prec: str) -> bool:
+    """Whether a call multiplies on FMAs (fp32 with an exact dot) rather than tensor cores."""
+    return dtype == torch.float32 and prec == "ieee"
 
 
-def _configs(mma_tiles):
-    """Tensor-core tiles, then the FMA tiles (see _fma_or_mma, which tells them apart)."""
-    assert not set(mma_tiles) & set(_FMA_TILES), "a tensor-core tile is also an FMA tile"
-    gpu = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-           for bm, bn, w, st in mma_tiles + _FMA_TILES]
+class TileClasses:
+    """One kernel autotuned twice: over the tensor-core tiles and over the FMA tiles.
+    The launcher picks the class (``for_call``), so each autotuner tunes only tiles
+    that suit the call, and FASTCNN_AUTOTUNE=0 keeps the first tile *of the right
+    class*. An early_config_prune could not do that: it runs after that cut, and
+    Triton 3.6's autotuner times even a single pruned configuration, once per shape."""
+
+    def __init__(self, fn, mma_tiles, key=_KEY, **autotune_kwargs):
+        self.fn = fn
+        self.mma, self.fma = (triton.autotune(configs=_configs(tiles), key=key, **autotune_kwargs)(fn)
+                              for tiles in (mma_tiles, _FMA_TILES))
+
+    def for_call(self, dtype: torch.dtype, prec: str):
+        return self.fma if uses_fma_tiles(dtype, prec) else self.mma
+
+
+def _configs(tiles):
+    gpu = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in tiles]
     return autotune_configs(gpu, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1))
 
 
-def _forward_configs():
-    return _configs([
-        (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4),
-        (64, 64, 4, 3), (64, 32, 4, 4), (64, 128, 4, 2), (128, 64, 8, 2),
-        # with an additive mask only BLOCK_N = 32 and 8 warps compile without
-        # spills (ptxas for sm_90a, D = 64 and 128)
-        (128, 32, 8, 2),
-    ])
-
-
-def _backward_configs():
-    # dk/dv programs own BLOCK_N keys and loop over BLOCK_M queries (the dq kernel the
-    # other way round); FA2 favours a small inner block and a large outer one.
-    return _configs([
-        (32, 64, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3),
-        (64, 64, 8, 2), (128, 64, 8, 2), (32, 32, 4, 4), (32, 64, 8, 3),
-    ])
-
-
-# PREC too: tf32 and exact fp32 calls of one shape prune to different tiles.
-_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT", "PREC"]
-_PRUNE = {"early_config_prune": _fma_or_mma}
+def _autotuned(mma_tiles, **autotune_kwargs):
+    """Decorator: a @triton.jit kernel -> its TileClasses."""
+    return lambda fn: TileClasses(fn, mma_tiles, **autotune_kwargs)
 
 
 @triton.jit
@@ -227,7 +233,7 @@ def _tile_and_slice(n_tiles):
     return pid % n_tiles, (pid // n_tiles).to(tl.int64)
 
 
-@triton.autotune(configs=_forward_configs(), key=_KEY, prune_configs_by=_PRUNE)
+@_autotuned(_FORWARD_TILES)
 @triton.jit
 def _attention_forward_kernel(
     q_ptr,    # (B, H, Lq, D)
@@ -334,17 +340,18 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
     if Lk == 0:
         return o.zero_(), lse.fill_(float("-inf"))
     msk, msk_strides = _mask_args(mask, q)
+    prec = matmul_dot_precision(q.dtype)
 
     def grid(meta):
         return (triton.cdiv(Lq, meta["BLOCK_M"]) * B * H,)
 
-    _attention_forward_kernel[grid](
+    _attention_forward_kernel.for_call(q.dtype, prec)[grid](
         q, k, v, msk, o, lse,
         *q.stride(), *k.stride(), *v.stride(), *msk_strides, *o.stride(), *lse.stride(),
         H, Lq, Lk, D,
         default_scale(D, scale) * LOG2E, LOG2E, LN2, float(dropout_p), _dropout_factor(dropout_p), int(seed),
         HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
-        ACC=acc_tl, PREC=matmul_dot_precision(q.dtype), BLOCK_D=_block_d(D))
+        ACC=acc_tl, PREC=prec, BLOCK_D=_block_d(D))
     return o, lse
 
 
@@ -380,8 +387,7 @@ def _attention_delta_kernel(
     tl.store(delta_ptr + bh * Lq + rows, delta, mask=offs_m < Lq)
 
 
-@triton.autotune(configs=_backward_configs(), key=_KEY + ["DETERMINISTIC"], reset_to_zero=["dq_ptr"],
-                 prune_configs_by=_PRUNE)
+@_autotuned(_BACKWARD_TILES, key=_KEY + ["DETERMINISTIC"], reset_to_zero=["dq_ptr"])
 @triton.jit
 def _attention_dkdv_kernel(
     q_ptr,      # (B, H, Lq, D)
@@ -464,7 +470,7 @@ def _attention_dkdv_kernel(
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_ok)
 
 
-@triton.autotune(configs=_backward_configs(), key=_KEY, prune_configs_by=_PRUNE)
+@_autotuned(_BACKWARD_TILES)
 @triton.jit
 def _attention_dq_kernel(
     q_ptr,      # (B, H, Lq, D)
@@ -551,18 +557,19 @@ def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None,
         ACC=acc_tl, BLOCK_M=block_m_delta, BLOCK_D=block_d)
 
     msk, msk_strides = _mask_args(mask, q)
+    prec = matmul_dot_precision(q.dtype)
     flags = dict(HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
-                 ACC=acc_tl, PREC=matmul_dot_precision(q.dtype), BLOCK_D=block_d)
+                 ACC=acc_tl, PREC=prec, BLOCK_D=block_d)
     sm_scale = default_scale(D, scale)
     floats = (sm_scale, sm_scale * LOG2E, LOG2E, float(dropout_p), _dropout_factor(dropout_p), int(seed))
     strides = (*q.stride(), *k.stride(), *v.stride(), *msk_strides, *do.stride(), *lse.stride())
     dq_acc = dq if deterministic or q.dtype == acc_torch else torch.zeros(q.shape, dtype=acc_torch, device=q.device)
 
-    _attention_dkdv_kernel[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]) * B * H,)](
+    _attention_dkdv_kernel.for_call(q.dtype, prec)[lambda meta: (triton.cdiv(Lk, meta["BLOCK_N"]) * B * H,)](
         q, k, v, msk, do, lse, delta, dq_acc, dk, dv, *strides, H, Lq, Lk, D, *floats,
         DETERMINISTIC=bool(deterministic), **flags)
     if deterministic:
-        _attention_dq_kernel[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]) * B * H,)](
+        _attention_dq_kernel.for_call(q.dtype, prec)[lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]) * B * H,)](
             q, k, v, msk, do, lse, delta, dq, *strides, H, Lq, Lk, D, *floats, **flags)
     elif dq_acc is not dq:
         dq.copy_(dq_acc)
