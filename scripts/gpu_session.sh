@@ -12,29 +12,41 @@
 #   bash scripts/gpu_session.sh bench   # fastcnn bench: conv2d, conv-BN-ReLU, models
 #   bash scripts/gpu_session.sh bench2  # attention, depthwise, LRN, separable, ViT, Mixer
 #
-# Everything lands in $OUT (the device tool brings back at most 8 files); commit the
-# raw results under benchmarks/results/ with the GPU name, versions and date they carry.
+# The device tool brings back at most 8 files from $OUT, so every log and report is
+# written under $WORK and packed into $OUT/results.tar.gz after each step (a run cut
+# off by the call's limit still returns what it finished), with the step summaries in
+# $OUT/summary.txt. Commit the raw results under benchmarks/results/ with the GPU
+# name, versions and date they carry.
 set -u
 stage=${1:-all}
 OUT=${OUT:-/tmp/fastcnn-gpu}
+WORK=$(mktemp -d /tmp/fastcnn-gpu-work.XXXX)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
+say() { echo "$@" | tee -a "$OUT/summary.txt"; }
+pack() { tar czf "$OUT/results.tar.gz" -C "$WORK" . ; }
 
-{ date -u; nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"; } > "$OUT/env.txt" 2>&1
-MAX_JOBS=16 python3 -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 \
-  || { tail -40 "$OUT/install.log"; exit 1; }
-rm -f "$OUT/install.log"  # only 8 files come back
-echo "installed after $(elapsed) s"
+{ date -u; nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"; } > "$WORK/env.txt" 2>&1
+cp "$WORK/env.txt" "$OUT/env.txt"
+MAX_JOBS=16 python3 -m pip install --no-deps --no-build-isolation -e . > "$WORK/install.log" 2>&1 \
+  || { tail -40 "$WORK/install.log"; pack; exit 1; }
+say "installed after $(elapsed) s"
 
 # tests/conftest.py leaves the interpreter off on a GPU (every test runs the real
 # kernels on CUDA) and sets FASTCNN_AUTOTUNE=0 (one tile configuration per kernel).
+# -v names each test as it ends, and FASTCNN_FAILURE_LOG gets each failure's traceback
+# at once: a run the timeout kills says how far it got and what failed.
 run_tests() {  # $1: seconds, $2: log name, rest: pytest arguments
   local budget=$1 log=$2; shift 2
-  FASTCNN_REQUIRE_EXT=1 timeout "$budget" python3 -m pytest -q -p no:cacheprovider "$@" > "$OUT/$log" 2>&1
-  echo "$log: exit $? after $(elapsed) s"; grep -E "passed|failed|error" "$OUT/$log" | tail -3
+  FASTCNN_REQUIRE_EXT=1 FASTCNN_FAILURE_LOG="$WORK/failures-$log" timeout "$budget" \
+    python3 -m pytest -v -p no:cacheprovider "$@" > "$WORK/$log" 2>&1
+  local rc=$?
+  say "$log: exit $rc after $(elapsed) s; $(grep -c ' PASSED' "$WORK/$log") passed, $(grep -c ' FAILED' "$WORK/$log") failed so far"
+  grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|skipped)" "$WORK/$log" | tail -5 | tee -a "$OUT/summary.txt"
+  pack
 }
 
 # The CUDA kernels (csrc/) under compute-sanitizer, at the GPU tests' small sizes.
@@ -50,8 +62,10 @@ sanitize() {  # $1: seconds per tool
       timeout "$1" compute-sanitizer --tool "$tool" --error-exitcode 9 \
         python3 -m pytest tests/test_lrn.py tests/test_depthwise.py -q -m gpu -p no:cacheprovider \
         -k "cuda and nchw and float16 and not bfloat16 or empty_batch"
-      echo "test_lrn.py test_depthwise.py exit $?"; } > "$OUT/sanitizer-$tool.log" 2>&1
-    echo "compute-sanitizer $tool after $(elapsed) s:"; grep -E "exit|ERROR SUMMARY" "$OUT/sanitizer-$tool.log" | tail -6
+      echo "test_lrn.py test_depthwise.py exit $?"; } > "$WORK/sanitizer-$tool.log" 2>&1
+    say "compute-sanitizer $tool after $(elapsed) s:"
+    grep -E "exit|ERROR SUMMARY" "$WORK/sanitizer-$tool.log" | tail -6 | tee -a "$OUT/summary.txt"
+    pack
   done
 }
 
@@ -62,8 +76,9 @@ all)
   run_tests 200 tests-gpu.log tests -m gpu
   run_tests 60 tests-rest.log tests -m "not gpu" -x --ignore=tests/test_compile_check.py
   sanitize 20
-  timeout 90 fastcnn bench --quick --no-charts --out "$OUT/report" > "$OUT/report.log" 2>&1
-  echo "fastcnn bench --quick: exit $? after $(elapsed) s"; tail -8 "$OUT/report.log"
+  timeout 90 fastcnn bench --quick --no-charts --out "$WORK/report" > "$WORK/report.log" 2>&1
+  say "fastcnn bench --quick: exit $? after $(elapsed) s"; tail -8 "$WORK/report.log" | tee -a "$OUT/summary.txt"
+  pack
   ;;
 tests)
   run_tests 300 tests.log tests -x
@@ -72,13 +87,15 @@ tests)
   ;;
 bench)
   timeout 500 fastcnn bench --ops conv2d conv_bn_relu --models --dtypes bf16 --batch 32 \
-    --out "$OUT/report" > "$OUT/report.log" 2>&1
-  echo "fastcnn bench exit $?"; tail -25 "$OUT/report.log"
+    --out "$WORK/report" > "$WORK/report.log" 2>&1
+  say "fastcnn bench exit $? after $(elapsed) s"; tail -25 "$WORK/report.log" | tee -a "$OUT/summary.txt"
+  pack
   ;;
 bench2)
   timeout 500 fastcnn bench --ops attention depthwise lrn separable --models vit_b_16 mixer_b16 --dtypes bf16 \
-    --batch 64 --backward --out "$OUT/report" > "$OUT/report.log" 2>&1
-  echo "fastcnn bench exit $?"; tail -25 "$OUT/report.log"
+    --batch 64 --backward --out "$WORK/report" > "$WORK/report.log" 2>&1
+  say "fastcnn bench exit $? after $(elapsed) s"; tail -25 "$WORK/report.log" | tee -a "$OUT/summary.txt"
+  pack
   ;;
 *) echo "unknown stage $stage (all tests bench bench2)"; exit 2 ;;
 esac

@@ -26,6 +26,16 @@ os.environ.setdefault("FASTCNN_AUTOTUNE", "0")
 import pytest  # noqa: E402
 
 
+def pytest_runtest_logreport(report):
+    """FASTCNN_FAILURE_LOG=path: each failure's traceback is appended to the file as it
+    happens, so a run cut off by a time limit (a GPU session's) still says what failed
+    and why; pytest itself prints tracebacks only at the end."""
+    path = os.environ.get("FASTCNN_FAILURE_LOG")
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"==== {report.nodeid} ({report.when}, {report.duration:.1f} s)\n{report.longreprtext}\n\n")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

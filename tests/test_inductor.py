@@ -58,3 +58,20 @@ def test_converted_model_trains_under_inductor():
             assert_close(b, q, torch.float32, what=name)
         else:
             assert torch.equal(b, q), name
+
+
+def test_dynamic_shapes_compile_once():
+    """torch.compile(dynamic=True): a converted model takes another batch size and
+    image size (so another sequence length) without recompiling, and every op's fake
+    kernel follows the symbolic shapes. aot_eager: the graph is what is checked here."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    torch.manual_seed(0)
+    model = fnn.convert(Hybrid().to(DEVICE)).eval()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, dynamic=True, fullgraph=True)
+    for n, size in ((2, 8), (3, 12)):  # not 0 or 1: dynamo specializes those sizes
+        x = torch.randn(n, 3, size, size + 2, device=DEVICE)
+        assert_close(compiled(x), model(x), torch.float32, what=f"batch {n}, {size}x{size + 2}")
+        if n == 2:
+            frames = counter.frame_count
+    assert counter.frame_count == frames, "a new shape recompiled"
