@@ -73,7 +73,13 @@ case "$stage" in
 all)
   # The GPU-marked tests first (real sizes, bf16, the CUDA kernels): they are what no
   # CPU run can check. Then the rest of the suite, the sanitizer and a quick report.
-  run_tests 200 tests-gpu.log tests -m gpu
+  # Files in order of what matters most, should the time limit cut the run short:
+  # the conv matrix at real sizes, the CUDA kernels, then the other Triton kernels and
+  # any other file (pytest runs a file named twice once, where it is first named; a
+  # folder argument would sort them all again).
+  run_tests 200 tests-gpu.log -m gpu tests/test_gpu.py tests/test_ext.py tests/test_winograd.py \
+    tests/test_depthwise.py tests/test_lrn.py tests/test_attention_kernels.py tests/test_separable.py \
+    tests/test_layer_norm.py tests/test_bias_act.py tests/test_cli.py tests/test_*.py
   run_tests 60 tests-rest.log tests -m "not gpu" -x --ignore=tests/test_compile_check.py
   sanitize 20
   timeout 90 fastcnn bench --quick --no-charts --out "$WORK/report" > "$WORK/report.log" 2>&1
