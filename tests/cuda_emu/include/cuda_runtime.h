@@ -162,6 +162,8 @@ class Launch {
 inline void __syncthreads() { ::emu::yield_to_scheduler(); }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// The GPU's fast power: ex2.approx(e * lg2.approx(b)), here with the exact functions.
+inline float __powf(float b, float e) { return std::exp2(e * std::log2(b)); }
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
   return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32);
 }
