@@ -166,7 +166,9 @@ _BACKWARD_TILES = [
 ]
 assert not set(_FMA_TILES) & set(_FORWARD_TILES + _BACKWARD_TILES), "a tensor-core tile is also an FMA tile"
 
-_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT", "PREC"]
+# Not PREC: each TileClasses autotuner sees one precision per input dtype, and
+# Triton adds the arguments' dtypes to the key itself.
+_KEY = ["Lq", "Lk", "D", "CAUSAL", "HAS_MASK", "DROPOUT"]
 
 
 def uses_fma_tiles(dtype: torch.dtype, prec: str) -> bool:
