@@ -68,6 +68,28 @@ def expanded_grad(shape, dtype, device=DEVICE):
     return torch.ones((), dtype=dtype, device=device).expand(shape)
 
 
+def leaves64(*tensors):
+    """Detached float64 copies requiring grad (None stays None): the inputs of a
+    float64 reference whose gradients the op's are checked against."""
+    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
+
+
+def assert_grads_close(out, ref, leaves, leaves64, dtype, grad=None, factor=1.0, names=None, what=""):
+    """Backpropagate one upstream gradient through ``out`` (to ``leaves``) and through
+    its float64 ``ref`` (to ``leaves64``) and compare leaf by leaf; None leaves are
+    skipped. ``grad`` defaults to a random one; expanded_grad() is the stride-0 case.
+    The bound is ``dtype``'s times ``factor``."""
+    if ref.numel() == 0:
+        return
+    grad = torch.randn(ref.shape, dtype=torch.float64, device=ref.device) if grad is None else grad
+    live = [i for i, t in enumerate(leaves) if t is not None]
+    names = names or [f"grad {i}" for i in range(len(leaves))]
+    got = torch.autograd.grad(out, [leaves[i] for i in live], grad.to(out.dtype))
+    want = torch.autograd.grad(ref, [leaves64[i] for i in live], grad.double())
+    for i, g, r in zip(live, got, want):
+        assert_close(g, r, dtype, factor=factor, what=f"{names[i]} {what}".strip())
+
+
 class Conv(namedtuple("Conv", "n c h w k groups r s stride padding dilation")):
     """A convolution geometry for the kernel tests; stride/padding/dilation are pairs."""
 
@@ -148,4 +170,4 @@ def far_apart(shape, dim, dtype=torch.float16):
 
 
 __all__ = ["Conv", "check_forward_stats", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
-           "make_input", "expanded_grad", "far_apart", "interpret_mode"]
+           "make_input", "expanded_grad", "leaves64", "assert_grads_close", "far_apart", "interpret_mode"]

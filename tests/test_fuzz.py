@@ -20,28 +20,17 @@ from fastcnn import ops
 from fastcnn.triton_kernels.attention import attention_reference
 from fastcnn.triton_kernels.lrn import lrn_forward_reference
 from fastcnn.triton_kernels.reference import ACTIVATION_FNS
-from helpers import DEVICE, DTYPES, assert_close, make_input
+from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, leaves64, make_input
 
 LAYOUTS = ["nchw", "nhwc", "noncontig"]
 
 
-def _leaves64(*tensors):
-    return [None if t is None else t.detach().double().requires_grad_() for t in tensors]
-
-
-def _check_forward_backward(out, ref, leaves, leaves64, dtype, cfg, factor=1.0):
+def _check_forward_backward(out, ref, leaves, ref_leaves, dtype, cfg, factor=1.0):
     """out against the float64 ref, then the gradients of every leaf for one random
     upstream gradient (with twice the bound, as elsewhere). The drawn configurations'
     worst error was under a fifth of these bounds when they were written."""
     assert_close(out, ref, dtype, factor=factor, what=f"forward {cfg}")
-    if ref.numel() == 0:
-        return
-    grad = torch.randn_like(ref)
-    live = [i for i, t in enumerate(leaves) if t is not None]
-    got = torch.autograd.grad(out, [leaves[i] for i in live], grad.to(out.dtype))
-    want = torch.autograd.grad(ref, [leaves64[i] for i in live], grad)
-    for i, g, r in zip(live, got, want):
-        assert_close(g, r, dtype, factor=2 * factor, what=f"grad {i} {cfg}")
+    assert_grads_close(out, ref, leaves, ref_leaves, dtype, factor=2 * factor, what=str(cfg))
 
 
 def _weight(shape, dtype, rng_fan):
@@ -71,9 +60,9 @@ def test_conv2d(seed):
     wt = _weight((k, c // groups, r, s), dtype, c // groups * r * s)
     b = torch.randn(k, device=DEVICE).to(dtype).requires_grad_() if bias else None
     out = ops.conv2d(x, wt, b, stride, padding, dilation, groups, algo="triton")
-    x64, w64, b64 = leaves64 = _leaves64(x, wt, b)
+    x64, w64, b64 = ref_leaves = leaves64(x, wt, b)
     ref = F.conv2d(x64, w64, b64, stride, padding, dilation, groups)
-    _check_forward_backward(out, ref, [x, wt, b], leaves64, dtype, cfg)
+    _check_forward_backward(out, ref, [x, wt, b], ref_leaves, dtype, cfg)
 
 
 @pytest.mark.parametrize("seed", range(14))
@@ -100,12 +89,12 @@ def test_attention(seed):
             "broadcast": lambda: torch.randn(1, 1, Lq, Lk, device=DEVICE).to(dtype)}[mask_kind]
     mask = mask() if mask else None
     out = ops.attention(q, k, v, causal=causal, scale=scale, attn_mask=mask)
-    leaves64 = _leaves64(q, k, v)
+    ref_leaves = leaves64(q, k, v)
     additive = None if mask is None else (
         torch.zeros(mask.shape, dtype=torch.float64, device=DEVICE).masked_fill(~mask, float("-inf"))
         if mask.dtype == torch.bool else mask.double())
-    ref, _ = attention_reference(*leaves64, additive, causal, scale)
-    _check_forward_backward(out, ref, [q, k, v], leaves64, dtype, cfg)
+    ref, _ = attention_reference(*ref_leaves, additive, causal, scale)
+    _check_forward_backward(out, ref, [q, k, v], ref_leaves, dtype, cfg)
 
 
 def _lrn(rng, x, dtype, cfg):
@@ -113,8 +102,8 @@ def _lrn(rng, x, dtype, cfg):
     alpha, beta, k = rng.choice([1e-4, 0.5, 2.0]), rng.choice([0.75, 0.5, 1.3]), rng.choice([1.0, 2.0])
     cfg.update(size=size, within=within, alpha=alpha, beta=beta, k=k)
     out = ops.local_response_norm(x, size, alpha, beta, k, within_channel=within)
-    (x64,) = leaves64 = _leaves64(x)
-    return out, lrn_forward_reference(x64, size, alpha, beta, k, within)[0], [x], leaves64
+    (x64,) = ref_leaves = leaves64(x)
+    return out, lrn_forward_reference(x64, size, alpha, beta, k, within)[0], [x], ref_leaves
 
 
 def _depthwise(rng, x, dtype, cfg):
@@ -129,8 +118,8 @@ def _depthwise(rng, x, dtype, cfg):
     wt = _weight((c * mult, 1, ks, ks), dtype, ks * ks)
     b = torch.randn(c * mult, device=DEVICE).to(dtype).requires_grad_() if bias else None
     out = ops.depthwise_conv2d(x, wt, b, stride, padding, dilation)
-    x64, w64, b64 = leaves64 = _leaves64(x, wt, b)
-    return out, F.conv2d(x64, w64, b64, stride, padding, dilation, c), [x, wt, b], leaves64
+    x64, w64, b64 = ref_leaves = leaves64(x, wt, b)
+    return out, F.conv2d(x64, w64, b64, stride, padding, dilation, c), [x, wt, b], ref_leaves
 
 
 def _activation(rng, dtype):
@@ -152,12 +141,12 @@ def _conv_bn_act(rng, x, dtype, cfg):
     running64 = [t.double() for t in running]
     out = ops.conv_bn_act(x, wt, None, gamma, beta, *running, training=training, stride=stride, padding=ks // 2,
                           activation=act, residual=residual)
-    x64, w64, g64, b64 = leaves64 = _leaves64(x, wt, gamma, beta)
+    x64, w64, g64, b64 = ref_leaves = leaves64(x, wt, gamma, beta)
     z = F.batch_norm(F.conv2d(x64, w64, None, stride, ks // 2), *running64, g64, b64, training=training)
     ref = ACTIVATION_FNS[act](z if residual is None else z + residual.double())
     for got, want in zip(running, running64):  # updated once, like nn.BatchNorm2d's
         assert_close(got, want, torch.float32, what=f"running stats {cfg}")
-    return out, ref, [x, wt, gamma, beta], leaves64
+    return out, ref, [x, wt, gamma, beta], ref_leaves
 
 
 def _separable(rng, x, dtype, cfg):
@@ -170,9 +159,9 @@ def _separable(rng, x, dtype, cfg):
     bd = torch.randn(c, device=DEVICE).to(dtype).requires_grad_() if bd else None
     bp = torch.randn(k, device=DEVICE).to(dtype).requires_grad_() if bp else None
     out = ops.separable_conv2d(x, wd, wp, bd, bp, stride, ks // 2, activation=act1, pointwise_activation=act2)
-    x64, wd64, wp64, bd64, bp64 = leaves64 = _leaves64(x, wd, wp, bd, bp)
+    x64, wd64, wp64, bd64, bp64 = ref_leaves = leaves64(x, wd, wp, bd, bp)
     u = ACTIVATION_FNS[act1](F.conv2d(x64, wd64, bd64, stride, ks // 2, 1, c))
-    return out, ACTIVATION_FNS[act2](F.conv2d(u, wp64, bp64)), [x, wd, wp, bd, bp], leaves64
+    return out, ACTIVATION_FNS[act2](F.conv2d(u, wp64, bp64)), [x, wd, wp, bd, bp], ref_leaves
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -185,5 +174,5 @@ def test_image_op(op, seed):
     layout, dtype = rng.choice(LAYOUTS), rng.choice(DTYPES)
     cfg = dict(n=n, c=c, h=h, w=w, layout=layout, dtype=dtype)
     x = make_input((n, c, h, w), dtype, layout, requires_grad=True)
-    out, ref, leaves, leaves64 = op(rng, x, dtype, cfg)
-    _check_forward_backward(out, ref, leaves, leaves64, dtype, cfg)
+    out, ref, leaves, ref_leaves = op(rng, x, dtype, cfg)
+    _check_forward_backward(out, ref, leaves, ref_leaves, dtype, cfg)
