@@ -173,3 +173,29 @@ def test_transformer_modules_are_swapped_and_linear_activation_fused():
     for a, b in zip(torch.autograd.grad(out.square().sum(), list(model.parameters())),
                     torch.autograd.grad(want.square().sum(), list(ref.parameters()))):
         assert_close(a, b.double(), factor=3)
+
+
+class SamePaddingBlock(tnn.Module):
+    """Conv2d(padding='same') -> BatchNorm2d -> + residual -> ReLU, as Keras-ported models write it."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = tnn.Conv2d(c, c, 4, padding="same", bias=False)  # even kernel: PyTorch pads one more bottom/right
+        self.bn = tnn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)) + x)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("training", [False, True])
+def test_same_padding_conv_with_residual_is_fused(training):
+    torch.manual_seed(0)
+    plain = SamePaddingBlock(6).to(DEVICE)
+    _randomize_bn(plain)
+    converted = fnn.convert(copy.deepcopy(plain))
+    assert isinstance(converted.conv, fnn.FusedConv2dBN) and converted.conv.activation == "relu"
+    plain.train(training), converted.train(training)
+    x = make_input((2, 6, 9, 7))
+    ref = copy.deepcopy(plain).double()(x.double())
+    assert_close(converted(x), ref, torch.float32, factor=10)

@@ -73,3 +73,9 @@ def test_the_probe_tells_the_fixed_interpreter_from_tritons():
         # this right on its own, this fails: tests/interpreter_bf16.py can then go.
         assert not interpreter_computes_bf16.__wrapped__(), f"Triton {triton.__version__} computes bf16 right"
     assert interpreter_computes_bf16.__wrapped__()
+
+
+def test_the_probe_runs_inside_cpu_autocast():
+    # its torch reference would compute in bf16 there and fail to compare with the fp32 kernel output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert interpreter_computes_bf16.__wrapped__()

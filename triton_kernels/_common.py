@@ -36,6 +36,11 @@ def interpreter_computes_bf16() -> bool:
     makes it compute in fp32 as a GPU does. False when not interpreting."""
     if not interpret_mode():
         return False
+    with torch.autocast("cpu", enabled=False):  # the first call may come from inside a CPU autocast region
+        return _bf16_probe_passes()
+
+
+def _bf16_probe_passes() -> bool:
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(16, 16, generator=gen).bfloat16() for _ in range(2))
     out = torch.empty(3, 16, 16)

@@ -86,6 +86,9 @@ class FusedConv2dBN(Conv2d):
 
     def output_shape(self, x):
         x, padding = self.padded_input(x)
+        if padding == "same":  # nn.Conv2d allows it at stride 1 only: the size is the input's
+            return torch.Size((x.shape[0], self.out_channels, *x.shape[2:]))
+        padding = (0, 0) if padding == "valid" else padding
         padding = padding if not isinstance(padding, int) else (padding, padding)
         return torch.Size(conv_output_shape(x.shape, self.weight.shape, self.stride, padding, self.dilation))
 

@@ -1,4 +1,6 @@
 """Argument checks shared by the ops. Every error names the op and the argument."""
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -20,9 +22,14 @@ def check_tensor(op, name, t, dim=None, dtype=None, device=None):
 
 def pair(op, name, value, minimum):
     """An int or a pair of ints, each >= minimum, as a list of two ints."""
-    values = [value, value] if isinstance(value, int) else list(value)
-    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{op}: argument '{name}' must be an int or a pair of ints, got {value!r}")
+    values = list(value) if isinstance(value, (tuple, list)) else [value]
+    values = values * 2 if len(values) == 1 else values  # F.conv2d takes (1,) for (1, 1)
+    try:  # operator.index: numpy and torch integers too, never floats
+        if len(values) != 2 or any(isinstance(v, bool) for v in values):
+            raise TypeError
+        values = [operator.index(v) for v in values]
+    except TypeError:
+        raise ValueError(f"{op}: argument '{name}' must be an int or a pair of ints, got {value!r}") from None
     if any(v < minimum for v in values):
         raise ValueError(f"{op}: argument '{name}' must be >= {minimum}, got {value!r}")
     return values
