@@ -9,9 +9,10 @@ import fastcnn.nn as fnn
 from fastcnn import ops
 from fastcnn.ops.conv_bn_act import bn_act_backward_op, conv_bn_act_train_op
 from fastcnn.triton_kernels.reference import ACTIVATION_FNS
-from helpers import DEVICE, DTYPES, assert_close, make_input
+from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, expanded_grad, leaves64, make_input
 
 ACTS = list(ACTIVATION_FNS)
+GRAD_NAMES = ("dx", "dw", "dgamma", "dbeta", "dresidual")
 
 
 def _block_inputs(n=2, c=6, h=9, w=7, k=16, layout="nchw", dtype=torch.float32, residual=False):
@@ -24,14 +25,15 @@ def _block_inputs(n=2, c=6, h=9, w=7, k=16, layout="nchw", dtype=torch.float32, 
 
 
 def _reference(x, wt, gamma, beta, res, activation, training, running=None, eps=1e-5):
-    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (x, wt, gamma, beta, res)]
+    """(float64 leaves, float64 output); the leaves line up with (x, wt, gamma, beta, res)."""
+    leaves = leaves64(x, wt, gamma, beta, res)
     x64, w64, g64, b64, r64 = leaves
     y = F.conv2d(x64, w64, None, 1, 1)
     mean, var = (None, None) if running is None else (running[0].double(), running[1].double())
     z = F.batch_norm(y, mean, var, g64, b64, training=training, eps=eps)
     if r64 is not None:
         z = z + r64
-    return [t for t in leaves if t is not None], ACTIVATION_FNS[activation](z)
+    return leaves, ACTIVATION_FNS[activation](z)
 
 
 @pytest.mark.parametrize("activation", ACTS)
@@ -42,11 +44,7 @@ def test_training_forward_backward(activation, layout, residual):
                           activation=activation, residual=res)
     leaves, ref = _reference(x, wt, gamma, beta, res, activation, training=True)
     assert_close(out, ref, what="forward")
-    grad = torch.randn_like(ref)
-    mine = [t for t in (x, wt, gamma, beta, res) if t is not None]
-    for g, r, name in zip(torch.autograd.grad(out, mine, grad.float()), torch.autograd.grad(ref, leaves, grad),
-                          ("dx", "dw", "dgamma", "dbeta", "dresidual")):
-        assert_close(g, r, torch.float32, factor=4, what=name)
+    assert_grads_close(out, ref, (x, wt, gamma, beta, res), leaves, torch.float32, factor=4, names=GRAD_NAMES)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -54,12 +52,27 @@ def test_training_dtypes_and_expanded_grad(dtype):
     x, wt, gamma, beta, res = _block_inputs(dtype=dtype, layout="nhwc", residual=True)
     out = ops.conv_bn_act(x, wt, None, gamma, beta, None, None, training=True, padding=1, residual=res)
     assert out.dtype == dtype
-    out.sum().backward()
     leaves, ref = _reference(x, wt, gamma, beta, res, "relu", training=True)
-    ref.sum().backward()
     assert_close(out, ref, dtype, what="forward")
-    for mine, r, name in zip((x, wt, gamma, beta, res), leaves, ("dx", "dw", "dgamma", "dbeta", "dres")):
-        assert_close(mine.grad, r.grad, dtype, factor=4, what=name)
+    assert_grads_close(out, ref, (x, wt, gamma, beta, res), leaves, dtype, grad=expanded_grad(out.shape, dtype),
+                       factor=4, names=GRAD_NAMES)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_float64_gradcheck(training):
+    # fp64 input keeps fp64 statistics and folding: the finite differences would see fp32's rounding
+    x, wt, gamma, beta, res = (t.detach().double().requires_grad_() for t in
+                               _block_inputs(n=2, c=3, h=5, w=4, k=4, residual=True))
+    running = (torch.randn(4, device=DEVICE, dtype=torch.float64), torch.rand(4, device=DEVICE, dtype=torch.float64) + .5)
+
+    def block(x, wt, gamma, beta, res):
+        return ops.conv_bn_act(x, wt, None, gamma, beta, *running, training=training, padding=1,
+                               activation="silu", residual=res)
+
+    before = [r.clone() for r in running]
+    assert torch.autograd.gradcheck(block, (x, wt, gamma, beta, res), atol=1e-8, rtol=1e-6, fast_mode=True)
+    if training:  # gradcheck ran the block many times, each a training step: stats moved, and stay fp64
+        assert all(r.dtype == torch.float64 and not torch.equal(r, b) for r, b in zip(running, before))
 
 
 def test_running_stats_follow_batchnorm2d():
@@ -89,10 +102,7 @@ def test_inference_folds_bn(activation):
                           activation=activation, residual=res)
     leaves, ref = _reference(x, wt, gamma, beta, res, activation, training=False, running=running)
     assert_close(out, ref, factor=4)
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (x, wt, gamma, beta, res), grad.float())
-    for g, r in zip(got, torch.autograd.grad(ref, leaves, grad)):
-        assert_close(g, r, torch.float32, factor=10)
+    assert_grads_close(out, ref, (x, wt, gamma, beta, res), leaves, torch.float32, factor=10, names=GRAD_NAMES)
 
 
 def test_batch_of_one_pixel_is_an_error_like_batchnorm():

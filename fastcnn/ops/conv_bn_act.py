@@ -50,7 +50,7 @@ def _reference_train(x, w, bias, gamma, beta, residual, stride, padding, dilatio
     y = reference.conv2d_forward(x, w, bias, None, stride, padding, dilation, groups)
     mean, var = reference.batch_stats(y)
     out = reference.bn_act_forward(y, mean, torch.rsqrt(var + eps), gamma, beta, residual, activation)
-    return out, y, mean.float(), var.float()
+    return out, y, mean, var
 
 
 def _triton_bn_backward(*args):
@@ -84,19 +84,20 @@ def conv_bn_act_train_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], 
                          dilation: List[int], groups: int, eps: float, activation: str,
                          algo: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (out, y, mean, var): the block's output, the convolution's output y
-    (saved for the backward) and y's per-channel batch mean and biased variance."""
+    (saved for the backward) and y's per-channel batch mean and biased variance, in
+    fp32 (fp64 for fp64 input: gradcheck's precision)."""
     out, y, mean, var = train_dispatch(algo, input, weight, bias, bn_weight, bn_bias, residual,
                                        stride, padding, dilation, groups, eps, activation)
-    layout = memory_format_of(input)
+    layout, sdt = memory_format_of(input), reference.compute_dtype(input.dtype)
     return (out.contiguous(memory_format=layout), y.contiguous(memory_format=layout),
-            mean.float().contiguous(), var.float().contiguous())
+            mean.to(sdt).contiguous(), var.to(sdt).contiguous())
 
 
 @conv_bn_act_train_op.register_fake
 def _(input, weight, bias, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, activation, algo):
     shape = conv_output_shape(input.shape, weight.shape, stride, padding, dilation)
     layout = memory_format_of(input)
-    stats = input.new_empty(shape[1], dtype=torch.float32)
+    stats = input.new_empty(shape[1], dtype=reference.compute_dtype(input.dtype))
     return empty_nchw(input, shape, layout), empty_nchw(input, shape, layout), stats, stats.clone()
 
 
@@ -147,14 +148,15 @@ conv_bn_act_train_op.register_autograd(_backward_train, setup_context=_setup_tra
 
 def fold_bn(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps):
     """(w', b') with conv(x, w', b') == batch_norm(conv(x, w, b)) in inference mode."""
-    scale = torch.rsqrt(running_var.float() + eps)
+    ct = reference.compute_dtype(weight.dtype)
+    scale = torch.rsqrt(running_var.to(ct) + eps)
     if bn_weight is not None:
-        scale = scale * bn_weight.float()
-    shift = -running_mean.float() * scale
+        scale = scale * bn_weight.to(ct)
+    shift = -running_mean.to(ct) * scale
     if bias is not None:
-        shift = shift + bias.float() * scale
+        shift = shift + bias.to(ct) * scale
     if bn_bias is not None:
-        shift = shift + bn_bias.float()
+        shift = shift + bn_bias.to(ct)
     return (weight * scale.to(weight.dtype).view(-1, 1, 1, 1)), shift.to(weight.dtype)
 
 
