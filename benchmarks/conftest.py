@@ -74,6 +74,8 @@ def run_case(benchmark):
         info = {"suite": case.suite, "contender": contender, "dtype": case.dtype, "batch": case.batch,
                 "pass": case.pass_, "cuda_event_median_ms": ms, "baseline": case.baseline,
                 "baseline_ms": baseline_ms, f"speedup_vs_{case.baseline}": baseline_ms / ms}
+        if "in_target" in case.meta:  # among the cases an issue's target is stated on
+            info["in_target"] = case.meta["in_target"]
         if case.flops:
             info.update(flops=case.flops, tflops=case.flops / ms / 1e9)
         if case.bytes:

@@ -10,7 +10,7 @@
 #
 #   bash scripts/gpu_session.sh tests   # the whole suite, autotuned kernels, sanitizer
 #   bash scripts/gpu_session.sh bench   # fastcnn bench: conv2d, conv-BN-ReLU, models
-#   bash scripts/gpu_session.sh bench2  # attention, depthwise, LRN, separable, ViT, Mixer
+#   bash scripts/gpu_session.sh bench2  # attention, depthwise, LRN, separable, Winograd, ViT, Mixer
 #
 # The device tool brings back at most 8 files from $OUT, so every log and report is
 # written under $WORK and packed into $OUT/results.tar.gz after each step (a run cut
@@ -98,7 +98,7 @@ bench)
   pack
   ;;
 bench2)
-  timeout 500 fastcnn bench --ops attention depthwise lrn separable --models vit_b_16 mixer_b16 --dtypes bf16 \
+  timeout 500 fastcnn bench --ops attention depthwise lrn separable winograd --models vit_b_16 mixer_b16 --dtypes bf16 \
     --batch 64 --backward --out "$WORK/report" > "$WORK/report.log" 2>&1
   say "fastcnn bench exit $? after $(elapsed) s"; tail -25 "$WORK/report.log" | tee -a "$OUT/summary.txt"
   pack

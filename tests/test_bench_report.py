@@ -278,6 +278,41 @@ def test_op_suites_run_on_cpu(suite, table, rows, monkeypatch):
     assert len(ran) == sum(len(r["timings"]) for r in report["results"])
 
 
+def test_winograd_suite_on_cpu(monkeypatch):
+    """The winograd suite takes the 3x3 stride-1 groups-1 convs of VGG-16 and ResNet-50
+    and nothing else, times "cuda" (a fallback on the CPU) beside cuDNN, and its
+    summary's target geomean covers the layers with >= 64 channels only."""
+    from fastcnn.bench import layers
+    from fastcnn.bench.layers import ConvLayer
+    from fastcnn.bench.suites import WINOGRAD_CONTENDERS
+    monkeypatch.setattr(layers, "VGG16", [ConvLayer("tiny.rgb", 3, 7, 9, 8, 3, 3, 1, 1),
+                                          ConvLayer("tiny.wide", 64, 5, 3, 64, 3, 3, 1, 1)])
+    monkeypatch.setattr(layers, "RESNET50", [ConvLayer("tiny.1x1", 8, 5, 5, 8, 1, 1),
+                                             ConvLayer("tiny.strided", 8, 5, 5, 8, 3, 3, 2, 1),
+                                             ConvLayer("tiny.grouped", 8, 5, 5, 8, 3, 3, 1, 1, 2)])
+    cfg = BenchConfig(dtypes=("fp32",), batches=(2,), device="cpu", backward=True)
+    items = list(cases(cfg, ["winograd"]))
+    assert [(c.name, c.pass_, c.meta["in_target"]) for c in items] == [
+        ("tiny.rgb", "fwd", False), ("tiny.rgb", "fwd+bwd", False),
+        ("tiny.wide", "fwd", True), ("tiny.wide", "fwd+bwd", True)]
+    times = {"cudnn": 2.0, "cuda": 1.0, "triton": 4.0, "auto": 2.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # algo="cuda" falls back on the CPU, with a warning
+        for case in items:
+            fns = case.make()
+            assert set(fns) == set(WINOGRAD_CONTENDERS)
+            for fn in fns.values():
+                fn()
+    report = {"results": [{"suite": "winograd", "meta": c.meta, "baseline": "cudnn",
+                           "timings": {k: {"ms": v * (1 if c.meta["in_target"] else 4) if k == "cuda" else v}
+                                       for k, v in times.items()}} for c in items],
+              "environment": {"gpu": None}}
+    summary = rep.derive(report)["summary"]["winograd"]["cuda"]
+    assert summary["target_geomean_speedup"] == pytest.approx(2.0) and summary["target_cases"] == 2
+    assert summary["geomean_speedup"] == pytest.approx(1.0) and summary["cases"] == 4
+    assert "target_geomean_speedup" not in rep.derive(_new())["summary"]["conv2d"]["cudnn"]
+
+
 def test_attention_suite_cases_and_callables_on_cpu(monkeypatch):
     """The attention suite's shapes (ViT and long sequences), FLOP counts, and its
     callables run (forward+backward) on a tiny shape with the CPU's backends."""

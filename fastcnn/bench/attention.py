@@ -23,7 +23,6 @@ LONG_HEAD_DIMS = (64, 128)
 TOKENS, HIDDEN = 16384, 2048
 SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
 CONTENDERS = ("cudnn", "sdpa_flash", "sdpa_cudnn", "triton", "auto")
-ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def shapes(config: BenchConfig):
@@ -88,7 +87,7 @@ def attention_callables(contenders, q, k, v, causal, backward):
 def attention_suite(config: BenchConfig):
     """Fused attention on ViT-B/L/H shapes (batch 64 and 256) and long sequences
     (1k..16k tokens, head_dim 64 and 128, causal and not)."""
-    from fastcnn.bench.suites import _passes, _torch_dtype, _want
+    from fastcnn.bench.suites import ELEMENT_BYTES, _passes, _torch_dtype, _want
     from fastcnn.triton_kernels.attention import flops
     for dtype in config.dtypes:
         for name, batch, heads, seq, head_dim, causal in shapes(config):

@@ -6,7 +6,6 @@ import math
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-CONTENDERS = ("cudnn", "triton", "auto")
 
 
 def layer_inputs(layer, batch, dtype, device="cuda", requires_grad=False):

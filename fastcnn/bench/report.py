@@ -18,7 +18,9 @@ Schema ``fastcnn-bench/1``::
 
 ``derive`` adds, per result and contender, ``derived``: tflops, gbps, images_per_s,
 pct_peak (of the roofline bound at the case's arithmetic intensity), bound, speedup
-over the baseline; and ``summary``: geometric-mean speedups per suite and contender.
+over the baseline; and ``summary``: geometric-mean speedups per suite and contender
+(plus ``target_geomean_speedup`` over the cases whose meta has ``in_target`` true,
+in suites that mark them: an issue's target may be stated on a subset of layers).
 """
 import json
 import math
@@ -93,13 +95,26 @@ def derive(report: dict) -> dict:
                 d["images_per_s"] = r["items"] / ms * 1e3
             d.update(_roofline(r, d, rates, tf32))
             r["derived"][c] = d
-    summary = {}
+    summary, target = {}, {}
     for r in report["results"]:
         for c, d in r["derived"].items():
             summary.setdefault(r["suite"], {}).setdefault(c, []).append(d["speedup"])
-    report["summary"] = {s: {c: {"geomean_speedup": geomean(v), "cases": len([x for x in v if x])}
-                             for c, v in per.items()} for s, per in summary.items()}
+            if "in_target" in r.get("meta", {}):
+                target.setdefault(r["suite"], {}).setdefault(c, []).append(
+                    d["speedup"] if r["meta"]["in_target"] else None)
+    report["summary"] = {s: {c: _summary(v, target.get(s, {}).get(c)) for c, v in per.items()}
+                         for s, per in summary.items()}
     return report
+
+
+def _summary(speedups, target_speedups=None):
+    """Geomean speedup of a suite's cases; where its cases say whether they are among
+    the ones an issue's target is stated on (meta "in_target"), that of those too."""
+    out = {"geomean_speedup": geomean(speedups), "cases": len([x for x in speedups if x])}
+    if target_speedups is not None:
+        out["target_geomean_speedup"] = geomean(target_speedups)
+        out["target_cases"] = len([x for x in target_speedups if x])
+    return out
 
 
 def _roofline(r, d, rates, tf32):
@@ -204,6 +219,10 @@ def to_markdown(report: dict) -> str:
                  if c != baseline and s.get("geomean_speedup")]
         if means:
             lines += ["", f"Geometric-mean speedup over {baseline}: " + ", ".join(means) + "."]
+        target = [f"{c} x{s['target_geomean_speedup']:.3f}" for c, s in summary.items()
+                  if c != baseline and s.get("target_geomean_speedup")]
+        if target:
+            lines += ["", "On the cases the target is stated on: " + ", ".join(target) + "."]
         errors = [(r["name"], c, t["error"]) for r in rows for c, t in r["timings"].items() if "error" in t]
         for name, c, err in errors:
             lines.append(f"- {name} / {c}: {err}")

@@ -16,8 +16,6 @@ MOBILENET_V1_SEPARABLE = [
     ("mobilenet_v1.sep12", 512, 1024, 14, 2),
     ("mobilenet_v1.sep13", 1024, 1024, 7, 1),
 ]
-CONTENDERS = ("cudnn", "triton", "auto")
-ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def separable_callables(contenders, x, wd, bd, wp, bp, stride):
@@ -37,7 +35,7 @@ def separable_callables(contenders, x, wd, bd, wp, bp, stride):
 def separable_suite(config: BenchConfig):
     """MobileNet v1's depthwise-separable layers, inference, channels_last."""
     import math
-    from fastcnn.bench.suites import _torch_dtype, _want
+    from fastcnn.bench.suites import ELEMENT_BYTES, OP_CONTENDERS, _torch_dtype, _want
     layers = MOBILENET_V1_SEPARABLE[::3] if config.quick else MOBILENET_V1_SEPARABLE
     for dtype in config.dtypes:
         for batch in config.batches:
@@ -53,7 +51,7 @@ def separable_suite(config: BenchConfig):
                     wp = (torch.randn(k, c, 1, 1, device=dev, dtype=dt) / math.sqrt(c)).contiguous(
                         memory_format=torch.channels_last)
                     bd, bp = torch.randn(c, device=dev, dtype=dt), torch.randn(k, device=dev, dtype=dt)
-                    return separable_callables(_want(config, CONTENDERS), x, wd, bd, wp, bp, stride)
+                    return separable_callables(_want(config, OP_CONTENDERS), x, wd, bd, wp, bp, stride)
 
                 flops = 2 * batch * out * out * c * (9 + k)
                 # compulsory traffic of the fused op: x in, y out (weights are small)

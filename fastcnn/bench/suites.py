@@ -6,6 +6,8 @@ from fastcnn.bench.registry import BenchConfig, Case, Skip, register_suite
 
 ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OP_CONTENDERS = ("cudnn", "triton", "auto")
+WINOGRAD_CONTENDERS = ("cudnn", "cuda", "triton", "auto")
+WINOGRAD_TARGET_CHANNELS = 64
 MODEL_CONTENDERS = ("cudnn", "compile", "triton", "auto")
 
 # The model suite's configured list (fastcnn.models names); those not registered are
@@ -43,26 +45,47 @@ def _passes(config):
     return [False, True] if config.backward else [False]
 
 
-@register_suite("conv2d", kind="op")
-def conv2d_suite(config: BenchConfig):
-    """Every distinct conv layer of the benchmark networks, channels_last."""
+def _conv_cases(suite, layers, config, contenders, meta=lambda layer: {}):
+    """One case per (dtype, batch, layer, pass): ``ops.conv2d`` per contender and
+    cuDNN on the same channels_last inputs. ``meta(layer)`` adds to the case's meta."""
     from fastcnn.bench.conv import conv_fn, layer_inputs, step_fn
     for dtype in config.dtypes:
         for batch in config.batches:
-            for layer in _layers(config):
+            for layer in layers:
                 for backward in _passes(config):
                     pass_ = "fwd+bwd" if backward else "fwd"
 
                     def make(layer=layer, batch=batch, dtype=dtype, backward=backward):
                         x, w = layer_inputs(layer, batch, _torch_dtype(dtype), config.device, requires_grad=backward)
                         return {c: (lambda f=step_fn(conv_fn(c, layer), backward): f(x, w))
-                                for c in _want(config, OP_CONTENDERS)}
+                                for c in _want(config, contenders)}
 
                     scale = 3 if backward else 1  # dgrad and wgrad each cost a forward
-                    yield Case(suite="conv2d", name=layer.name, group=f"conv2d/{layer.name}/{dtype}/b{batch}/{pass_}",
+                    yield Case(suite=suite, name=layer.name, group=f"{suite}/{layer.name}/{dtype}/b{batch}/{pass_}",
                                make=make, flops=layer.flops(batch) * scale,
                                bytes=conv_bytes(layer, batch, dtype) * scale, dtype=dtype, batch=batch,
-                               pass_=pass_, meta={"layer": layer.__dict__.copy()})
+                               pass_=pass_, meta={"layer": layer.__dict__.copy(), **meta(layer)})
+
+
+@register_suite("conv2d", kind="op")
+def conv2d_suite(config: BenchConfig):
+    """Every distinct conv layer of the benchmark networks, channels_last."""
+    return _conv_cases("conv2d", _layers(config), config, OP_CONTENDERS)
+
+
+@register_suite("winograd", kind="op")
+def winograd_suite(config: BenchConfig):
+    """CUDA Winograd vs cuDNN on VGG-16's and ResNet-50's 3x3 stride-1 convs.
+
+    Every such layer, channels_last: algo "cuda" (Winograd) against cuDNN, Triton's
+    direct kernel and auto. The target (>= 1.2x cuDNN) is on the layers with >= 64 channels in and out, which
+    the summary's target geomean covers (meta "in_target")."""
+    from fastcnn.bench import layers as tables
+    layers = [l for l in tables.VGG16 + tables.RESNET50
+              if (l.r, l.s, l.stride, l.groups) == (3, 3, 1, 1)]
+    layers = layers[::3] if config.quick else layers
+    return _conv_cases("winograd", layers, config, WINOGRAD_CONTENDERS,
+                       meta=lambda l: {"in_target": min(l.c, l.k) >= WINOGRAD_TARGET_CHANNELS})
 
 
 @register_suite("conv_bn_relu", kind="op")
@@ -115,25 +138,9 @@ def conv_bn_relu_callables(layer, batch, dtype, config):
 def depthwise_suite(config: BenchConfig):
     """The depthwise convolutions of MobileNetV2 and EfficientNet-B0, channels_last:
     memory-bound, so GB/s against the compulsory traffic is the figure to read."""
-    from fastcnn.bench.conv import conv_fn, layer_inputs, step_fn
-    from fastcnn.bench.layers import DEPTHWISE
-    layers = DEPTHWISE[::4] if config.quick else DEPTHWISE
-    for dtype in config.dtypes:
-        for batch in config.batches:
-            for layer in layers:
-                for backward in _passes(config):
-                    pass_ = "fwd+bwd" if backward else "fwd"
-
-                    def make(layer=layer, batch=batch, dtype=dtype, backward=backward):
-                        x, w = layer_inputs(layer, batch, _torch_dtype(dtype), config.device, requires_grad=backward)
-                        return {c: (lambda f=step_fn(conv_fn(c, layer), backward): f(x, w))
-                                for c in _want(config, OP_CONTENDERS + ("cuda",))}
-
-                    scale = 3 if backward else 1
-                    yield Case(suite="depthwise", name=layer.name,
-                               group=f"depthwise/{layer.name}/{dtype}/b{batch}/{pass_}", make=make,
-                               flops=layer.flops(batch) * scale, bytes=conv_bytes(layer, batch, dtype) * scale,
-                               dtype=dtype, batch=batch, pass_=pass_, meta={"layer": layer.__dict__.copy()})
+    from fastcnn.bench import layers as tables
+    layers = tables.DEPTHWISE[::4] if config.quick else tables.DEPTHWISE
+    return _conv_cases("depthwise", layers, config, OP_CONTENDERS + ("cuda",))
 
 
 @register_suite("lrn", kind="op")
