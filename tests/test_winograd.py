@@ -370,7 +370,8 @@ def test_filter_cache_keys_on_weight_version_dtype_variant_and_flip():
     # another variant, the flipped filter, another dtype: each its own entry
     cache.get(w, "F4x4_3x3")
     cache.get(w, "F2x2_3x3", flip=True)
-    cache.get(w.half(), "F2x2_3x3")
+    wh = w.half()  # kept alive: an entry goes with its weight
+    cache.get(wh, "F2x2_3x3")
     assert len(fn.calls) == 4 and len(cache) == 4
     # an in-place update (what an optimizer step does) bumps the version: recomputed
     with torch.no_grad():
@@ -413,22 +414,49 @@ def test_filter_cache_is_bypassed_during_cuda_graph_capture(monkeypatch):
     assert len(fn.calls) == 3 and cache.hits == 1
 
 
-def test_filter_cache_holds_the_weight_storage_and_evicts_lru():
+def test_filter_cache_keeps_one_version_per_weight_and_evicts_lru():
     fn = _CountingTransform()
     cache = cw.FilterTransformCache(fn, size=2)
     w = torch.randn(4, 3, 3, 3)
-    ptr = w.data_ptr()
-    cache.get(w, "F2x2_3x3")
-    del w  # the entry's alias keeps the storage: no new tensor can take its address
-    others = [torch.randn(4, 3, 3, 3) for _ in range(8)]
-    assert all(o.data_ptr() != ptr for o in others)
+    for step in range(3):  # optimizer steps: each version replaces the last
+        cache.get(w, "F2x2_3x3")
+        with torch.no_grad():
+            w.add_(1)
+    assert len(cache) == 1 and len(fn.calls) == 3
+    others = [torch.randn(4, 3, 3, 3) for _ in range(2)]
     cache.get(others[0], "F2x2_3x3")
     cache.get(others[1], "F2x2_3x3")
-    assert len(cache) == 2 and len(fn.calls) == 3
+    assert len(cache) == 2 and len(fn.calls) == 5  # w's entry was the least recently used
     cache.get(others[0], "F2x2_3x3")           # still cached (most recent two)
-    assert len(fn.calls) == 3
+    assert len(fn.calls) == 5
     cache.clear()
     assert len(cache) == 0 and cache.hits == 0
+
+
+def test_filter_cache_entries_go_with_their_weight():
+    """Entries hold weak references: a fresh weight per call (autocast's cast copy of a
+    parameter) leaves nothing pinned once it is freed, and an address a freed weight
+    leaves can never serve its U to the tensor that takes it next."""
+    fn = _CountingTransform()
+    cache = cw.FilterTransformCache(fn)
+    param = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+    for _ in range(3):
+        copy = param.to(torch.float64)  # what autocast hands the op each call
+        cache.get(copy, "F2x2_3x3")
+        del copy
+    assert len(cache) == 0 and len(fn.calls) == 3 and cache.hits == 0
+    # a view keeps its entry while its base lives: the same view geometry hits again
+    cache.get(param.transpose(2, 3), "F2x2_3x3")
+    cache.get(param.transpose(2, 3), "F2x2_3x3")
+    assert len(cache) == 1 and cache.hits == 1
+    # the same address taken by another tensor after the first is freed: recomputed
+    w = torch.randn(4, 3, 3, 3)
+    ptr, u = w.data_ptr(), cache.get(w, "F2x2_3x3")
+    del w
+    w2 = torch.randn(4, 3, 3, 3)
+    if w2.data_ptr() == ptr:  # the allocator usually hands the block back
+        torch.testing.assert_close(cache.get(w2, "F2x2_3x3"), cw.reference_filter_transform(w2, "F2x2_3x3"))
+        assert not torch.equal(cache.get(w2, "F2x2_3x3"), u)
 
 
 # ----------------------------------------------------------------------------- GPU

@@ -21,6 +21,8 @@ dispatcher falls back to the other backends).
 Workspaces (V in the storage dtype, M in fp32) are allocated here with torch, at most
 ``WORKSPACE_BYTES`` at a time: a large batch runs in chunks of images.
 """
+import functools
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -114,29 +116,31 @@ def graph_capture_underway() -> bool:
 
 
 class FilterTransformCache:
-    """U per (weight address, version, dtype, variant, flip, device, shape, strides), so a
-    weight is transformed once until it changes in place (which bumps ``_version``).
-    An entry holds an alias of the weight (``detach()``: same storage and version
-    counter, no autograd graph), so the address cannot be freed and reused by another
-    tensor while the entry lives. At most ``size`` entries; the least recently used go.
-    Inference tensors (no version counter) are not cached, and nothing is cached or
-    served while a CUDA graph is being captured: a cached U would be baked into the
-    graph, and every replay, after an optimizer step that the graph also replays
-    without bumping any version counter, would convolve with the filter of capture
-    time; computed inside the capture, the transform is replayed with the rest.
+    """U per weight view (address, dtype, variant, flip, device, shape, strides), valid
+    for one ``_version`` of it: an in-place change (an optimizer step) bumps the version,
+    and the next call recomputes U and replaces the entry, so stale versions are never
+    kept. An entry holds a weak reference to the weight (to its base, for a view) and
+    goes when that is freed: it pins no memory, and an address reused by a new tensor
+    cannot meet an old entry. So a fresh tensor per call (autocast's cast copy of an fp32 weight, any
+    computed filter) costs a transform each call and leaves nothing behind; a
+    parameter is transformed once per version. At most ``size`` entries (least recently
+    used go). Inference tensors (no version counter) are not cached, and nothing is
+    cached or served while a CUDA graph is being captured: a cached U would be baked
+    into the graph, and every replay, after an optimizer step that the graph also
+    replays without bumping any version counter, would convolve with the filter of
+    capture time; computed inside the capture, the transform is replayed with the rest.
     Caveat: a write through ``w.data`` bypasses the version counter; call
     ``FILTER_CACHE.clear()`` after one."""
 
     def __init__(self, compute, size=64):
         self.compute = compute
         self.size = size
-        self._entries = OrderedDict()
+        self._entries = OrderedDict()  # key -> (version, weakref to the weight or its base, U)
         self.hits = self.misses = 0
 
     @staticmethod
     def key(w, variant, flip):
-        return (w.data_ptr(), w._version, w.dtype, variant, bool(flip), str(w.device), tuple(w.shape),
-                tuple(w.stride()))
+        return (w.data_ptr(), w.dtype, variant, bool(flip), str(w.device), tuple(w.shape), tuple(w.stride()))
 
     def get(self, w, variant, flip=False):
         # no version counter (an in-place change could not be seen), or a graph capture
@@ -144,17 +148,26 @@ class FilterTransformCache:
             self.misses += 1
             return self.compute(w, variant, flip)
         key = self.key(w, variant, flip)
+        owner = w if w._base is None else w._base  # views share the base's storage and version
         entry = self._entries.get(key)
-        if entry is not None:
+        if entry is not None and entry[0] == w._version and entry[1]() is not None:
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry[1]
+            return entry[2]
         self.misses += 1
         u = self.compute(w, variant, flip)
-        self._entries[key] = (w.detach(), u)
+        self._entries[key] = (w._version, weakref.ref(owner, functools.partial(self._forget, key)), u)
+        self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return u
+
+    def _forget(self, key, ref):
+        """The weakref callback: the weight died; drop its entry unless a newer one has
+        taken the key."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] is ref:
+            del self._entries[key]
 
     def __len__(self):
         return len(self._entries)
