@@ -13,7 +13,7 @@ import fastcnn.nn
 from fastcnn import ops
 from fastcnn.nn import MultiheadSelfAttention
 from fastcnn.ops.attention import attention_backward_op, attention_op, keep_mask
-from helpers import DEVICE, DTYPES, assert_close, expanded_grad
+from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, expanded_grad, leaves64
 
 ALGOS = ["triton", "reference"]
 # ops.attention takes the deterministic backward when torch's deterministic flag is
@@ -30,7 +30,7 @@ def qkv(b=2, h=3, lq=13, lk=None, d=32, dtype=torch.float32, requires_grad=True)
 
 def sdpa64(q, k, v, **kwargs):
     """(leaves, out): PyTorch's SDPA in float64, the oracle."""
-    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    leaves = leaves64(q, k, v)
     mask = kwargs.pop("attn_mask", None)
     if mask is not None and mask.is_floating_point():
         mask = mask.double()
@@ -38,11 +38,7 @@ def sdpa64(q, k, v, **kwargs):
 
 
 def check_grads(out, ref, inputs, leaves, dtype=torch.float32, grad=None):
-    grad = torch.randn(ref.shape, dtype=torch.float64, device=DEVICE) if grad is None else grad
-    got = torch.autograd.grad(out, inputs, grad.to(out.dtype))
-    want = torch.autograd.grad(ref, leaves, grad.double())
-    for g, r, what in zip(got, want, ("dq", "dk", "dv")):
-        assert_close(g, r, dtype, factor=2, what=what)
+    assert_grads_close(out, ref, inputs, leaves, dtype, grad=grad, factor=2, names=("dq", "dk", "dv"))
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fastcnn import ops
 from fastcnn.ops import _dispatch
 from fastcnn.ops.conv2d import conv2d_input_grad_op, conv2d_op, conv2d_weight_grad_op
-from helpers import DEVICE, DTYPES, assert_close, expanded_grad, make_input
+from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, expanded_grad, leaves64, make_input
 
 # (N, C, H, W, K, kernel, stride, padding, dilation, groups)
 CASES = [
@@ -27,9 +27,7 @@ CASES = [
 
 
 def _reference(x, w, b, stride, padding, dilation, groups):
-    x64 = x.detach().double().requires_grad_()
-    w64 = w.detach().double().requires_grad_()
-    b64 = None if b is None else b.detach().double().requires_grad_()
+    x64, w64, b64 = leaves64(x, w, b)
     return x64, w64, b64, F.conv2d(x64, w64, b64, stride, padding, dilation, groups)
 
 
@@ -46,11 +44,9 @@ def test_conv2d_forward_backward(case, layout):
     assert_close(out, ref, what="forward")
     if layout == "nhwc" and n > 0:
         assert out.is_contiguous(memory_format=torch.channels_last)
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (x, w, b), grad.float())
-    want = torch.autograd.grad(ref, (x64, w64, b64), grad)
-    for g, r, what in zip(got, want, ("dx", "dw", "dbias")):
-        assert_close(g, r, torch.float32, what=what)
+    # randn_like keeps ref's layout (channels_last for nhwc); the empty batch's dw, dbias must be 0
+    assert_grads_close(out, ref, (x, w, b), (x64, w64, b64), torch.float32, grad=torch.randn_like(ref),
+                       names=("dx", "dw", "dbias"), skip_empty=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -93,14 +89,11 @@ def test_fused_epilogue_relu_residual_grad():
     res = make_input((2, 16, 7, 7), layout="nhwc", requires_grad=True)
     out = conv2d_op(x, w, b, res, [1, 1], [1, 1], [1, 1], 1, "relu", "auto")
     x64, w64, b64, y = _reference(x, w, b, 1, 1, 1, 1)
-    r64 = res.detach().double().requires_grad_()
+    (r64,) = leaves64(res)
     ref = torch.relu(y + r64)
     assert_close(out, ref)
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (x, w, b, res), grad.float())
-    want = torch.autograd.grad(ref, (x64, w64, b64, r64), grad)
-    for g, r in zip(got, want):
-        assert_close(g, r, torch.float32)
+    assert_grads_close(out, ref, (x, w, b, res), (x64, w64, b64, r64), torch.float32, grad=torch.randn_like(ref),
+                       names=("dx", "dw", "dbias", "dres"))
 
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fastcnn import ops
-from helpers import DEVICE, ON_GPU, REL_TOL, TF32_REL_TOL, make_input, rel_error
+from helpers import DEVICE, ON_GPU, REL_TOL, TF32_REL_TOL, leaves64, make_input, rel_error
 
 pytestmark = pytest.mark.skipif(ON_GPU, reason="emulates the GPU's TF32 in Triton's interpreter")
 
@@ -58,7 +58,7 @@ def test_conv2d(case, cudnn_tf32):
     x = make_input((2, c, h, w_), layout="nhwc", requires_grad=True)
     w = (torch.randn(k, c // groups, ks, ks, device=DEVICE) / (c // groups * ks * ks) ** 0.5).requires_grad_()
     out = ops.conv2d(x, w, None, stride, padding, 1, groups, algo="triton")
-    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    x64, w64 = leaves64(x, w)
     ref = F.conv2d(x64, w64, None, stride, padding, 1, groups)
     grad = torch.randn_like(ref)
     got = (out, *torch.autograd.grad(out, (x, w), grad.float()))
@@ -74,7 +74,7 @@ def test_conv_bn_relu_training(cudnn_tf32):
     gamma, beta = torch.rand(48, requires_grad=True), torch.randn(48, requires_grad=True)
     out = ops.conv_bn_act(x, w, None, gamma, beta, torch.zeros(48), torch.ones(48), training=True, padding=1,
                           algo="triton")
-    leaves = [t.detach().double().requires_grad_() for t in (x, w, gamma, beta)]
+    leaves = leaves64(x, w, gamma, beta)
     ref = torch.relu(F.batch_norm(F.conv2d(leaves[0], leaves[1], None, 1, 1), None, None, leaves[2], leaves[3],
                                   training=True))
     grad = torch.randn_like(ref)
