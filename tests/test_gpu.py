@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fastcnn import ops
 from fastcnn.bench.layers import all_layers
-from helpers import assert_close
+from helpers import assert_close, assert_grads_close, leaves64
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +25,7 @@ def test_layer_forward_backward(layer, dtype):
     w = (torch.randn(layer.k, layer.c // layer.groups, layer.r, layer.s, device="cuda")
          / (layer.c // layer.groups * layer.r * layer.s) ** 0.5).to(dtype).requires_grad_()
     out = ops.conv2d(x, w, None, layer.stride, layer.padding, 1, layer.groups, algo="triton")
-    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    x64, w64 = leaves64(x, w)
     ref = F.conv2d(x64, w64, None, layer.stride, layer.padding, 1, layer.groups)
     assert_close(out, ref, dtype, what="forward")
     grad = torch.randn_like(ref)
@@ -47,17 +47,15 @@ def test_conv_bn_relu_training(dtype, layout):
     beta = torch.randn(128, device="cuda", requires_grad=True)
     rm, rv = torch.zeros(128, device="cuda"), torch.ones(128, device="cuda")
     out = ops.conv_bn_act(x, w, None, gamma, beta, rm, rv, training=True, padding=1, algo="triton")
-    leaves = [t.detach().double().requires_grad_() for t in (x, w, gamma, beta)]
+    leaves = leaves64(x, w, gamma, beta)
     rrm, rrv = torch.zeros(128, device="cuda", dtype=torch.float64), torch.ones(128, device="cuda", dtype=torch.float64)
     ref = torch.relu(F.batch_norm(F.conv2d(leaves[0], leaves[1], None, 1, 1), rrm, rrv, leaves[2], leaves[3],
                                   training=True))
     assert_close(out, ref, dtype, factor=2)
     assert_close(rm, rrm, dtype)
     assert_close(rv, rrv, dtype)
-    grad = torch.randn_like(ref)
-    got = torch.autograd.grad(out, (x, w, gamma, beta), grad.to(dtype))
-    for g, r in zip(got, torch.autograd.grad(ref, leaves, grad)):
-        assert_close(g, r, dtype, factor=4)
+    assert_grads_close(out, ref, (x, w, gamma, beta), leaves, dtype, grad=torch.randn_like(ref), factor=4,
+                       names=("dx", "dw", "dgamma", "dbeta"))
 
 
 def test_auto_picks_and_caches(tmp_path, monkeypatch):
