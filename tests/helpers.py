@@ -78,13 +78,13 @@ def assert_grads_close(out, ref, leaves, leaves64, dtype, grad=None, factor=1.0,
                        skip_empty=True):
     """Backpropagate one upstream gradient through ``out`` (to ``leaves``) and through
     its float64 ``ref`` (to ``leaves64``) and compare leaf by leaf; None leaves are
-    skipped. ``grad`` defaults to a random one; expanded_grad() is the stride-0 case.
+    skipped. ``grad`` defaults to randn_like(ref); expanded_grad() is the stride-0 case.
     The bound is ``dtype``'s times ``factor``. An empty ``ref`` checks nothing unless
     ``skip_empty`` is False: then the backward still runs and each gradient is compared
     as usual (an empty input's: shape and finiteness; a weight's: zero, as its twin)."""
     if skip_empty and ref.numel() == 0:
         return
-    grad = torch.randn(ref.shape, dtype=torch.float64, device=ref.device) if grad is None else grad
+    grad = torch.randn_like(ref) if grad is None else grad  # in ref's layout: channels_last stays so
     live = [i for i, t in enumerate(leaves) if t is not None]
     names = names or [f"grad {i}" for i in range(len(leaves))]
     got = torch.autograd.grad(out, [leaves[i] for i in live], grad.to(out.dtype))

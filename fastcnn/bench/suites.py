@@ -78,8 +78,8 @@ def winograd_suite(config: BenchConfig):
     """CUDA Winograd vs cuDNN on VGG-16's and ResNet-50's 3x3 stride-1 convs.
 
     Every such layer, channels_last: algo "cuda" (Winograd) against cuDNN, Triton's
-    direct kernel and auto. The target (>= 1.2x cuDNN) is on the layers with >= 64 channels in and out, which
-    the summary's target geomean covers (meta "in_target")."""
+    direct kernel and auto. The target (>= 1.2x cuDNN) is on the layers with >= 64
+    channels in and out, which the summary's target geomean covers (meta "in_target")."""
     from fastcnn.bench import layers as tables
     layers = [l for l in tables.VGG16 + tables.RESNET50
               if (l.r, l.s, l.stride, l.groups) == (3, 3, 1, 1)]

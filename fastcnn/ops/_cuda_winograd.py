@@ -121,9 +121,9 @@ class FilterTransformCache:
     and the next call recomputes U and replaces the entry, so stale versions are never
     kept. An entry holds a weak reference to the weight (to its base, for a view) and
     goes when that is freed: it pins no memory, and an address reused by a new tensor
-    cannot meet an old entry. So a fresh tensor per call (autocast's cast copy of an fp32 weight, any
-    computed filter) costs a transform each call and leaves nothing behind; a
-    parameter is transformed once per version. At most ``size`` entries (least recently
+    cannot meet an old entry. So a fresh tensor per call (autocast's cast copy of an
+    fp32 weight, any computed filter) costs a transform each call and leaves nothing
+    behind; a parameter is transformed once per version. At most ``size`` entries (least recently
     used go). Inference tensors (no version counter) are not cached, and nothing is
     cached or served while a CUDA graph is being captured: a cached U would be baked
     into the graph, and every replay, after an optimizer step that the graph also
