@@ -1,5 +1,6 @@
 """Pieces shared by every Triton kernel: interpreter detection, autotune configs,
-the activation epilogue and output allocation."""
+the activation epilogue, output allocation and the convolution kernels' int32 index
+limit."""
 import functools
 import os
 
@@ -131,3 +132,40 @@ def matmul_dot_precision(dtype: torch.dtype) -> str:
     """input_precision for a matmul-like op's tl.dot (attention): PyTorch's matmuls
     and SDPA follow torch.backends.cuda.matmul.allow_tf32 (off by default)."""
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+# The convolution kernels (conv2d_igemm, conv2d_grouped, separable) index pixels (a
+# flattened (n, p, q)) and channels with int32, by design: 64-bit index arithmetic
+# would cost registers and integer throughput in every tile. A tile's offsets run up
+# to one block past its count (start + arange(BLOCK), BLOCK <= 256), so the limit
+# keeps a margin of 2^16 below 2^31. The dispatchers' Triton reasons (from
+# index_limit_reasons, via conv2d.py's and separable.py's *_index_reasons) send
+# larger calls to another backend; the launchers raise (check_index_limit) for
+# direct callers. Both read this name at call time, so a test can lower it with
+# monkeypatch.setattr(_common, "MAX_INDEX_COUNT", ...): import the module, never
+# the constant.
+MAX_INDEX_COUNT = 2**31 - 2**16
+
+# What the convolution kernels count with int32 (keys of the counts below). Every
+# channel index (input or output, flattened (k, c) or (r, s, c) weight columns) is
+# below the weight's element count, so that one count bounds them all. Input pixels
+# are indexed by (n, h, w) separately, never flattened, except by the input
+# gradient, which flattens the input pixels of one stride phase.
+OUTPUT_PIXELS = "output pixels (N*P*Q)"
+PHASE_PIXELS = "input pixels of one stride phase (N*ceil(H/stride_h)*ceil(W/stride_w))"
+WEIGHT_ELEMENTS = "weight elements"
+
+
+def index_limit_reasons(counts: dict) -> list:
+    """A reason for each ``{what: count}`` above MAX_INDEX_COUNT, saying what
+    exceeded what; empty when every count fits."""
+    limit = MAX_INDEX_COUNT
+    return [f"{count} {what} exceed the Triton convolution kernels' int32 index limit of {limit}"
+            for what, count in counts.items() if count > limit]
+
+
+def check_index_limit(kernel: str, counts: dict) -> None:
+    """ValueError naming ``kernel`` when a count exceeds MAX_INDEX_COUNT (see there)."""
+    reasons = index_limit_reasons(counts)
+    if reasons:
+        raise ValueError(f"{kernel}: " + "; ".join(reasons))

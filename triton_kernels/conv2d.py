@@ -19,10 +19,18 @@ Family interface (each module implements it):
     input_grad(dy, w, dx, stride, padding, dilation, groups)   writes dx
     weight_grad(dy, x, stride, padding, dilation, groups, weight_shape)
         returns dw as a contiguous fp32 tensor of weight_shape
-"""
-import torch
 
-from fastcnn.triton_kernels import conv2d_grouped, conv2d_igemm
+Both families index pixels and channels with int32; the ``*_index_reasons`` below
+say, per direction, which count of a call exceeds ``_common.MAX_INDEX_COUNT`` (the
+dispatchers add them to the Triton backend's reasons), and the families' launchers
+raise ValueError on the same counts.
+"""
+import math
+
+import torch
+import triton
+
+from fastcnn.triton_kernels import _common, conv2d_grouped, conv2d_igemm
 from fastcnn.triton_kernels._common import ACTIVATIONS, empty_nchw, memory_format_of
 
 # Below this many output channels per group, a GEMM tile's N side would be mostly
@@ -44,6 +52,32 @@ def conv_output_shape(input_shape, weight_shape, stride, padding, dilation):
     return (n, k,
             output_size(h, r, stride[0], padding[0], dilation[0]),
             output_size(w, s, stride[1], padding[1], dilation[1]))
+
+
+def forward_index_reasons(input_shape, weight_shape, stride, padding, dilation) -> list:
+    """Why the forward kernels cannot index this call in int32: the output pixels
+    they flatten, and the weight elements (which bound every channel index)."""
+    n, _, p, q = conv_output_shape(input_shape, weight_shape, stride, padding, dilation)
+    return _common.index_limit_reasons({_common.OUTPUT_PIXELS: n * p * q,
+                                        _common.WEIGHT_ELEMENTS: math.prod(weight_shape)})
+
+
+def input_grad_index_reasons(input_shape, weight_shape, stride) -> list:
+    """The same for the input gradient, whose output is the input: both families
+    flatten the input pixels of one stride phase (all of them at stride 1)."""
+    n, _, h, w = input_shape
+    phase_pixels = n * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])
+    return _common.index_limit_reasons({_common.PHASE_PIXELS: phase_pixels,
+                                        _common.WEIGHT_ELEMENTS: math.prod(weight_shape)})
+
+
+def weight_grad_index_reasons(grad_output_shape, weight_shape) -> list:
+    """The same for the weight gradient, which reads dy and x: it reduces over dy's
+    flattened output pixels, and reads x by (n, h, w) separately, each within its
+    own dimension, so x's pixel count is no limit of its own."""
+    n, _, p, q = grad_output_shape
+    return _common.index_limit_reasons({_common.OUTPUT_PIXELS: n * p * q,
+                                        _common.WEIGHT_ELEMENTS: math.prod(weight_shape)})
 
 
 def choose_family(weight_shape, groups, family=None):

@@ -9,8 +9,9 @@ re-reads of neighbouring taps and of the channels of one group hit the cache).
 
 Notation: x (N, C, H, W), w (K, CG, R, S), y (N, K, P, Q); CG = C / groups input
 channels and KG = K / groups output channels per group; output channel k reads input
-channels (k // KG) * CG + c for c < CG. Pixel indices are int32 (checked on the
-host); everything multiplied by a stride is int64 first.
+channels (k // KG) * CG + c for c < CG. Pixel and channel indices are int32 (checked
+on the host against ``_common.MAX_INDEX_COUNT``); everything multiplied by a stride
+is int64 first.
 
 Implements the family interface documented in ``conv2d.py``.
 """
@@ -18,10 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastcnn.triton_kernels import _common
 from fastcnn.triton_kernels._common import apply_activation, autotune_configs
-
-# Pixel indices (and tile starts) are int32 inside the kernels.
-_MAX_PIXELS = 2**31 - 2**16
 
 # weight_grad splits its reduction over pixels into slabs of a multiple of
 # SPLIT_PIXELS pixels, enough of them for about TARGET_PROGRAMS programs (a few
@@ -267,7 +266,7 @@ def _weight_grad_kernel(
     x_chan = ((k // KG) * CG + kc % CG).to(tl.int64) * stride_xc
 
     start = split * CHUNK
-    end = tl.minimum(start + CHUNK, M)
+    end = start + tl.minimum(CHUNK, M - start)  # start + CHUNK may pass 2^31 in the last split
     # Elementwise accumulation; one cross-row reduction after the loop.
     acc = tl.zeros([BLOCK_M, BLOCK_KC], dtype=ACC)
     for m0 in range(start, end, BLOCK_M):
@@ -297,17 +296,13 @@ def _acc_dtype(dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _check_pixels(count):
-    if count > _MAX_PIXELS:
-        raise ValueError(f"conv2d_grouped: {count} pixels exceed the kernels' int32 pixel index")
-
-
 def forward(x, w, bias, residual, y, stride, padding, dilation, groups, act, stats):
     n, _, h, wd = x.shape
     k, cg, r, s = w.shape
     p, q = y.shape[2:]
     m = n * p * q
-    _check_pixels(m)
+    _common.check_index_limit("conv2d_grouped.forward",
+                              {_common.OUTPUT_PIXELS: m, _common.WEIGHT_ELEMENTS: w.numel()})
     acc_torch, acc_tl = _acc_dtype(x.dtype)
     psum = pm2 = y  # placeholders for pointers the kernel does not use
     if stats:
@@ -343,7 +338,8 @@ def input_grad(dy, w, dx, stride, padding, dilation, groups):
     p, q = dy.shape[2:]
     # Pixels of the largest stride phase: (0, 0) has the most rows and columns.
     phase_pixels = n * triton.cdiv(h, stride[0]) * triton.cdiv(wd, stride[1])
-    _check_pixels(phase_pixels)
+    _common.check_index_limit("conv2d_grouped.input_grad",
+                              {_common.PHASE_PIXELS: phase_pixels, _common.WEIGHT_ELEMENTS: w.numel()})
 
     def grid(meta):
         return triton.cdiv(phase_pixels, meta["BLOCK_M"]), triton.cdiv(c, meta["BLOCK_C"]), stride[0] * stride[1]
@@ -369,7 +365,8 @@ def weight_grad(dy, x, stride, padding, dilation, groups, weight_shape):
     k, cg, r, s = weight_shape
     p, q = dy.shape[2:]
     m = n * p * q
-    _check_pixels(m)
+    _common.check_index_limit("conv2d_grouped.weight_grad",
+                              {_common.OUTPUT_PIXELS: m, _common.WEIGHT_ELEMENTS: k * cg * r * s})
     kc = k * cg
     acc_torch, acc_tl = _acc_dtype(x.dtype)
     chunk = _split_chunk(m, triton.cdiv(kc, 64) * r * s)

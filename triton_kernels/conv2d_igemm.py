@@ -21,7 +21,8 @@ its N*P*Q reduction (split-K) into partial slices that torch sums in a fixed ord
 
 Accumulation is fp32 (fp64 for fp64 inputs, which only the interpreter sees, for
 gradcheck); the epilogue works on the accumulator before the one cast to the output
-dtype. Pixel and channel indices are int32 (host-checked below 2^31); every offset
+dtype. Pixel and channel indices are int32 (host-checked below
+``_common.MAX_INDEX_COUNT``, which leaves a tile's margin below 2^31); every offset
 is widened to int64 before it meets a stride, since tensors may exceed 2^31 elements.
 """
 import math
@@ -30,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastcnn.triton_kernels import _common
 from fastcnn.triton_kernels._common import apply_activation, autotune_configs, dot_precision
 
 # Channels per group up to which the (r, s, c) reduction is flattened: GPU tiles
@@ -74,10 +76,6 @@ def _flat_reduction(channels_per_group):
 def _accumulator(dtype):
     """(tl, torch) accumulator dtype: fp32, or fp64 for fp64 inputs."""
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
-def _check_int32_indices(*sizes):
-    assert all(s < 2**31 for s in sizes), "conv2d_igemm: a pixel or channel count does not fit int32"
 
 
 # ----------------------------------------------------------------------------- forward
@@ -185,7 +183,8 @@ def forward(x, w, bias, residual, y, stride, padding, dilation, groups, act, sta
     k, cg, r, s = w.shape
     p, q = y.shape[2:]
     kg, m = k // groups, n * p * q
-    _check_int32_indices(m, k)
+    _common.check_index_limit("conv2d_igemm.forward",
+                              {_common.OUTPUT_PIXELS: m, _common.WEIGHT_ELEMENTS: w.numel()})
     acc_tl, acc_torch = _accumulator(x.dtype)
     if stats:
         # Rows for the smallest BLOCK_M the autotuner may pick; sliced once it has.
@@ -308,7 +307,8 @@ def input_grad(dy, w, dx, stride, padding, dilation, groups):
     h, wd = dx.shape[2:]
     hq, wq = triton.cdiv(h, stride[0]), triton.cdiv(wd, stride[1])
     m = n * hq * wq
-    _check_int32_indices(m, dx.shape[1])
+    _common.check_index_limit("conv2d_igemm.input_grad",
+                              {_common.PHASE_PIXELS: m, _common.WEIGHT_ELEMENTS: w.numel()})
     (per_h, gcd_h, inv_h), (per_w, gcd_w, inv_w) = (_tap_progression(*a) for a in zip(stride, dilation))
     acc_tl, _ = _accumulator(dy.dtype)
 
@@ -370,7 +370,7 @@ def _weight_grad_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     start = split * CHUNK
-    end = tl.minimum(start + CHUNK, NPQ)
+    end = start + tl.minimum(CHUNK, NPQ - start)  # start + CHUNK may pass 2^31 in the last split
     for k0 in range(start, end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # output pixel (n, p, q)
         mask_k = offs_k < end
@@ -418,7 +418,8 @@ def weight_grad(dy, x, stride, padding, dilation, groups, weight_shape):
     p, q = dy.shape[2:]
     k, cg, r, s = weight_shape
     kg, npq = k // groups, n * p * q
-    _check_int32_indices(npq, k)
+    _common.check_index_limit("conv2d_igemm.weight_grad",
+                              {_common.OUTPUT_PIXELS: npq, _common.WEIGHT_ELEMENTS: math.prod(weight_shape)})
     flat = _flat_reduction(cg)
     out_tiles = triton.cdiv(kg, 64) * _weight_grad_col_tiles(r, s, cg, flat, 64) * groups
     split, chunk = _weight_grad_split(npq, out_tiles, x.device)

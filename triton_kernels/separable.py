@@ -19,20 +19,23 @@ Channel multiplier 1 only: the depthwise weight is (C, 1, kh, kw) and the pointw
 weight (K, C, 1, 1); ``separable_reasons`` says why for anything else.
 
 x is made channels_last once (the depthwise loads then read contiguous channels);
-y is written through its strides in x's original layout. Pixel indices are int32
-(checked on the host); every offset is widened to int64 before it meets a stride.
+y is written through its strides in x's original layout. Pixel and channel indices
+are int32 (``separable_index_reasons``, checked on the host against
+``_common.MAX_INDEX_COUNT``); every offset is widened to int64 before it meets a stride.
 """
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from fastcnn.triton_kernels import _common
 from fastcnn.triton_kernels._common import (ACTIVATIONS, apply_activation, autotune_configs, dot_precision,
                                             empty_nchw, memory_format_of)
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 from fastcnn.triton_kernels.reference import ACTIVATION_FNS, compute_dtype
 
-_MAX_PIXELS = 2**31 - 2**16
+# The pointwise weight's K*C elements bound both channel indices (c < C, k < K).
+POINTWISE_WEIGHT_ELEMENTS = "pointwise weight elements (K*C)"
 
 
 def _config(bp, bc, bk, warps, stages):
@@ -161,6 +164,17 @@ def separable_reasons(x, wd, bd, wp, bp, residual, *rest) -> list:
     return reasons
 
 
+def _index_counts(x_shape, wd_shape, wp_shape, stride, padding, dilation):
+    n, k, p, q = separable_output_shape(x_shape, wd_shape, wp_shape, stride, padding, dilation)
+    return {_common.OUTPUT_PIXELS: n * p * q, POINTWISE_WEIGHT_ELEMENTS: k * x_shape[1]}
+
+
+def separable_index_reasons(x, wd, wp, stride, padding, dilation) -> list:
+    """Why the fused kernel cannot index this call in int32 (its flattened output
+    pixels, its channels): the op's dispatcher adds these to its Triton reasons."""
+    return _common.index_limit_reasons(_index_counts(x.shape, wd.shape, wp.shape, stride, padding, dilation))
+
+
 def separable_conv2d_forward(x, wd, bd, wp, bp, residual, stride, padding, dilation,
                              act1="none", act2="none"):
     """act2(conv1x1(act1(dwconv(x, wd) + bd), wp) + bp + residual) in one kernel,
@@ -175,8 +189,8 @@ def separable_conv2d_forward(x, wd, bd, wp, bp, residual, stride, padding, dilat
     k = wp.shape[0]
     _, _, p, q = shape
     m = n * p * q
-    if m > _MAX_PIXELS:
-        raise ValueError(f"separable_conv2d: {m} output pixels exceed the kernel's int32 pixel index")
+    _common.check_index_limit("separable_conv2d",
+                              _index_counts(x.shape, wd.shape, wp.shape, stride, padding, dilation))
     xc = x.contiguous(memory_format=torch.channels_last)
     wp2 = wp.reshape(k, c)  # a view for any contiguous-enough weight, else a copy
     res_strides = residual.stride() if residual is not None else (0, 0, 0, 0)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fastcnn.ops._checks import autocast, check_tensor, pair
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
+from fastcnn.triton_kernels import conv2d as conv_kernels
 from fastcnn.triton_kernels import reference
 from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
@@ -108,6 +109,21 @@ def _triton_weight_grad(*args):
     return conv2d_weight_grad(*args)
 
 
+# The Triton kernels index pixels and channels with int32: a call past
+# _common.MAX_INDEX_COUNT goes to another backend (the counts that matter differ per
+# direction, see triton_kernels/conv2d.py).
+def triton_forward_reasons(x, w, bias, residual, stride, padding, dilation, *rest):
+    return triton_reasons(x) + conv_kernels.forward_index_reasons(x.shape, w.shape, stride, padding, dilation)
+
+
+def _triton_input_grad_reasons(dy, w, input_shape, stride, *rest):
+    return triton_reasons(dy) + conv_kernels.input_grad_index_reasons(input_shape, w.shape, stride)
+
+
+def _triton_weight_grad_reasons(dy, x, weight_shape, *rest):
+    return triton_reasons(dy) + conv_kernels.weight_grad_index_reasons(dy.shape, weight_shape)
+
+
 def _cudnn_input_grad(dy, w, input_shape, stride, padding, dilation, groups):
     return torch.ops.aten.convolution_backward(
         dy, dy.new_empty(input_shape), w, None, stride, padding, dilation, False, [0, 0], groups,
@@ -120,13 +136,13 @@ def _cudnn_weight_grad(dy, x, weight_shape, stride, padding, dilation, groups):
         [False, True, False])[1]
 
 
-forward_dispatch.register("triton", _triton_forward, triton_reasons)
+forward_dispatch.register("triton", _triton_forward, triton_forward_reasons)
 forward_dispatch.register("cudnn", _aten_forward, cudnn_reasons)
 forward_dispatch.register("reference", _no_cudnn(reference.conv2d_forward))
-input_grad_dispatch.register("triton", _triton_input_grad, triton_reasons)
+input_grad_dispatch.register("triton", _triton_input_grad, _triton_input_grad_reasons)
 input_grad_dispatch.register("cudnn", _cudnn_input_grad, cudnn_reasons)
 input_grad_dispatch.register("reference", _no_cudnn(reference.conv2d_input_grad))
-weight_grad_dispatch.register("triton", _triton_weight_grad, triton_reasons)
+weight_grad_dispatch.register("triton", _triton_weight_grad, _triton_weight_grad_reasons)
 weight_grad_dispatch.register("cudnn", _cudnn_weight_grad, cudnn_reasons)
 weight_grad_dispatch.register("reference", _no_cudnn(reference.conv2d_weight_grad))
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from fastcnn.ops._checks import autocast, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
-from fastcnn.ops.conv2d import _no_cudnn, apply_conv, conv_backward, normalize_conv_args
+from fastcnn.ops.conv2d import _no_cudnn, apply_conv, conv_backward, normalize_conv_args, triton_forward_reasons
 from fastcnn.triton_kernels import reference
 from fastcnn.triton_kernels._common import ACTIVATIONS, empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
@@ -53,6 +53,12 @@ def _reference_train(x, w, bias, gamma, beta, residual, stride, padding, dilatio
     return out, y, mean, var
 
 
+def _triton_train_reasons(x, w, bias, gamma, beta, residual, stride, padding, dilation, *rest):
+    # The convolution (with its statistics epilogue) is the Triton forward kernel's:
+    # its reasons, int32 index limit included. (The BatchNorm kernels index in int64.)
+    return triton_forward_reasons(x, w, bias, None, stride, padding, dilation)
+
+
 def _triton_bn_backward(*args):
     from fastcnn.triton_kernels.batchnorm import bn_act_backward
     return bn_act_backward(*args)
@@ -68,7 +74,7 @@ def _cudnn_bn_backward(grad_out, y, mean, invstd, gamma, beta, residual, activat
     return dy, dgamma, dbeta, (dz if residual is not None else None)
 
 
-train_dispatch.register("triton", _triton_train, triton_reasons)
+train_dispatch.register("triton", _triton_train, _triton_train_reasons)
 train_dispatch.register("cudnn", _cudnn_train, cudnn_reasons)
 train_dispatch.register("reference", _no_cudnn(_reference_train))
 bn_backward_dispatch.register("triton", _triton_bn_backward, triton_reasons)

@@ -35,8 +35,12 @@ _ONE, _ZERO = [1, 1], [0, 0]
 
 # ----------------------------------------------------------------------------- backends
 
-def _triton_reasons(x, wd, bd, wp, bp, residual, *rest):
-    return triton_reasons(x) + kernels.separable_reasons(x, wd, bd, wp, bp, residual)
+def _triton_reasons(x, wd, bd, wp, bp, residual, stride, padding, dilation, *rest):
+    shapes = kernels.separable_reasons(x, wd, bd, wp, bp, residual)
+    # The int32 index limit (output pixels, channels), once the weights' shapes are
+    # the kernel's. The backward runs the conv2d ops, whose dispatchers check their own.
+    index = [] if shapes else kernels.separable_index_reasons(x, wd, wp, stride, padding, dilation)
+    return triton_reasons(x) + shapes + index
 
 
 def _cudnn_forward(x, wd, bd, wp, bp, residual, stride, padding, dilation, act1, act2):
