@@ -219,6 +219,14 @@ void check_lrn_args(const char* op, std::int64_t n, std::int64_t c, std::int64_t
   }
 }
 
+void check_activation(const char* op, int activation) {
+  if (!fastcnn::valid_activation(activation)) {
+    throw py::value_error(std::string("fastcnn._C.") + op + ": activation code must be " +
+                          std::to_string(fastcnn::kNone) + ".." + std::to_string(fastcnn::kGelu) +
+                          ", got " + std::to_string(activation));
+  }
+}
+
 void lrn_forward(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, int size,
                  double alpha, double beta, double k, bool within, std::uintptr_t x,
                  const Strides& x_stride, std::uintptr_t y, const Strides& y_stride,
@@ -297,10 +305,14 @@ DwArgs parse_dw(const char* op, const Strides& geom, int dtype,
 
 void depthwise_forward(const Strides& geom, std::uintptr_t x, const Strides& x_stride,
                        std::uintptr_t weight, const Strides& w_stride, std::uintptr_t bias,
-                       std::int64_t bias_stride, std::uintptr_t y, const Strides& y_stride,
-                       int dtype, std::uintptr_t stream) {
-  const DwArgs a = parse_dw("depthwise_conv2d_forward", geom, dtype,
+                       std::int64_t bias_stride, std::uintptr_t residual,
+                       const Strides& residual_stride, int activation, std::uintptr_t y,
+                       const Strides& y_stride, int dtype, std::uintptr_t stream) {
+  const char* op = "depthwise_conv2d_forward";
+  const DwArgs a = parse_dw(op, geom, dtype,
                             {{"x_stride", &x_stride}, {"w_stride", &w_stride}, {"y_stride", &y_stride}});
+  check_activation(op, activation);
+  if (residual != 0) check_lrn_args(op, 0, 0, 0, 0, 1, dtype, {{"residual_stride", &residual_stride}});
   cudaError_t err;
   {
     py::gil_scoped_release nogil;
@@ -308,9 +320,10 @@ void depthwise_forward(const Strides& geom, std::uintptr_t x, const Strides& x_s
         a.n, a.c, a.h, a.w, a.m, a.kh, a.kw, a.sh, a.sw, a.ph, a.pw, a.dh, a.dw, a.oh, a.ow,
         reinterpret_cast<const void*>(x), x_stride.data(), reinterpret_cast<const void*>(weight),
         w_stride.data(), reinterpret_cast<const void*>(bias), bias_stride,
-        reinterpret_cast<void*>(y), y_stride.data(), dtype, as_stream(stream));
+        reinterpret_cast<const void*>(residual), residual != 0 ? residual_stride.data() : nullptr,
+        activation, reinterpret_cast<void*>(y), y_stride.data(), dtype, as_stream(stream));
   }
-  check_status("depthwise_conv2d_forward", err);
+  check_status(op, err);
 }
 
 void depthwise_input_grad(const Strides& geom, std::uintptr_t dy, const Strides& dy_stride,
@@ -428,10 +441,7 @@ void winograd_conv2d_forward(const Strides& geom, int m, std::uintptr_t x, const
     throw py::value_error(std::string("fastcnn._C.") + op +
                           ": oh, ow must be h + 2 ph - 2, w + 2 pw - 2 (3x3, stride 1)");
   }
-  if (activation < 0 || activation > 4) {
-    throw py::value_error(std::string("fastcnn._C.") + op + ": activation code must be 0..4, got " +
-                          std::to_string(activation));
-  }
+  check_activation(op, activation);
   check_lrn_args(op, 0, 0, 0, 0, 1, dtype, {{"x_stride", &x_stride}, {"y_stride", &y_stride}});
   if (residual != 0) check_lrn_args(op, 0, 0, 0, 0, 1, dtype, {{"residual_stride", &residual_stride}});
   const bool work = geom[0] > 0 && geom[4] > 0 && geom[7] > 0 && geom[8] > 0;
@@ -490,11 +500,13 @@ PYBIND11_MODULE(_C, m) {
         "and saved scale.");
   m.def("depthwise_conv2d_forward", &depthwise_forward, py::arg("geometry"), py::arg("x"),
         py::arg("x_stride"), py::arg("weight"), py::arg("w_stride"), py::arg("bias"),
-        py::arg("bias_stride"), py::arg("y"), py::arg("y_stride"), py::arg("dtype"),
+        py::arg("bias_stride"), py::arg("residual"), py::arg("residual_stride"),
+        py::arg("activation"), py::arg("y"), py::arg("y_stride"), py::arg("dtype"),
         py::arg("stream") = 0,
-        "Depthwise convolution forward (asynchronous).  geometry: [n, c, h, w, m, kh, kw, sh, "
-        "sw, ph, pw, dh, dw, oh, ow] (m: channel multiplier); weight (c*m, 1, kh, kw); bias may "
-        "be 0; strides are 4 element strides.");
+        "Depthwise convolution forward (asynchronous): y = act(conv + bias + residual).  "
+        "geometry: [n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow] (m: channel "
+        "multiplier); weight (c*m, 1, kh, kw); bias and residual may be 0; activation: 0 none, "
+        "1 relu, 2 relu6, 3 silu, 4 gelu; strides are 4 element strides.");
   m.def("depthwise_conv2d_input_grad", &depthwise_input_grad, py::arg("geometry"), py::arg("dy"),
         py::arg("dy_stride"), py::arg("weight"), py::arg("w_stride"), py::arg("dx"),
         py::arg("dx_stride"), py::arg("dtype"), py::arg("stream") = 0,

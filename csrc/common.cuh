@@ -54,6 +54,12 @@ inline const char* dtype_name(int code) {
   }
 }
 
+// Epilogue activation codes, as triton_kernels/_common.py ACTIVATIONS: none, relu,
+// relu6, silu, gelu (exact, erf).  Never renumber.
+enum Act : int { kNone = 0, kRelu = 1, kRelu6 = 2, kSilu = 3, kGelu = 4 };
+
+inline bool valid_activation(int act) { return act >= kNone && act <= kGelu; }
+
 // Whether a tensor of these sizes and (non-negative) element strides has its element
 // count and every element offset below 2^31: the condition for a kernel's 32-bit
 // index instantiation.  force_int64_indexing() (set from Python by
@@ -207,6 +213,29 @@ struct Strides4 {
   FASTCNN_DEVICE I at(I n_, I c_, I h_, I w_) const { return n_ * n + c_ * c + h_ * h + w_ * w; }
 };
 
+// ---- epilogue activations (codes: Act above)
+// Applied in the accumulator type; relu / relu6 are fmax / fmin, as tl.maximum /
+// tl.minimum in the Triton epilogue.
+FASTCNN_DEVICE float activate(float z, int act) {
+  switch (act) {
+    case kRelu: return fmaxf(z, 0.f);
+    case kRelu6: return fminf(fmaxf(z, 0.f), 6.f);
+    case kSilu: return z / (1.f + expf(-z));
+    case kGelu: return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));
+    default: return z;
+  }
+}
+
+FASTCNN_DEVICE double activate(double z, int act) {
+  switch (act) {
+    case kRelu: return fmax(z, 0.0);
+    case kRelu6: return fmin(fmax(z, 0.0), 6.0);
+    case kSilu: return z / (1.0 + exp(-z));
+    case kGelu: return 0.5 * z * (1.0 + erf(z * 0.70710678118654752440));
+    default: return z;
+  }
+}
+
 }  // namespace fastcnn
 #endif  // __CUDACC__
 
@@ -240,14 +269,17 @@ cudaError_t lrn_backward(index_t n, index_t c, index_t h, index_t w, int size, d
 // output (n, c * m, oh, ow) with oh / ow the convolution's output size for stride
 // (sh, sw), padding (ph, pw), dilation (dh, dw).  Every *_stride is a host array of
 // 4 element strides; bias (nullable) has bias_stride.  Accumulates in fp32 (fp64
-// for fp64).  The weight gradient is written in full (zeros for an empty batch).
+// for fp64).  The forward writes y = act(conv + bias + residual): residual (nullable,
+// output-shaped, residual_stride) and the activation code (Act) form its epilogue.
+// The weight gradient is written in full (zeros for an empty batch).
 cudaError_t depthwise_conv2d_forward(index_t n, index_t c, index_t h, index_t w, int m, int kh,
                                      int kw, int sh, int sw, int ph, int pw, int dh, int dw,
                                      index_t oh, index_t ow, const void* x,
                                      const index_t* x_stride, const void* weight,
                                      const index_t* w_stride, const void* bias,
-                                     index_t bias_stride, void* y, const index_t* y_stride,
-                                     int dtype, cudaStream_t stream);
+                                     index_t bias_stride, const void* residual,
+                                     const index_t* residual_stride, int activation, void* y,
+                                     const index_t* y_stride, int dtype, cudaStream_t stream);
 cudaError_t depthwise_conv2d_input_grad(index_t n, index_t c, index_t h, index_t w, int m,
                                         int kh, int kw, int sh, int sw, int ph, int pw, int dh,
                                         int dw, index_t oh, index_t ow, const void* dy,

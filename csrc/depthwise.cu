@@ -1,5 +1,6 @@
 // depthwise.cu: depthwise 2-D convolution (groups == input channels, channel
-// multiplier m: output channel k reads input channel k / m), forward, input
+// multiplier m: output channel k reads input channel k / m), forward (with a
+// bias + residual + activation epilogue), input
 // gradient and weight gradient, for fp32 / fp16 / bf16 (fp32 accumulation) and
 // fp64.
 //
@@ -13,6 +14,9 @@
 //   stores coalesce in both layouts.  The weight (k x kh x kw, tiny) stays in L1.
 //   The input gradient is a gather (no atomics): each dx element sums the dy
 //   taps that read it, skipping stride phases that do not divide.
+// * The forward's epilogue adds bias and residual and applies the activation in
+//   the accumulator type before the single rounding store, so a folded
+//   conv -> BatchNorm -> (+ residual) -> ReLU block is one pass over memory.
 // * Every kernel exists for 32-bit and 64-bit indices (see common.cuh): the 32-bit
 //   one, taken when offsets_fit_int32 holds for every tensor, replaces the per-element
 //   and per-tap integer divisions with multiply-shift ones (Divmod).
@@ -61,6 +65,7 @@ template <typename T, typename Acc, typename I>
 __global__ void dw_forward_kernel(DwGeom<I> g, Decode4<I> decode, const T* __restrict__ x,
                                   Strides4<I> xs, const T* __restrict__ wt, Strides4<I> ws,
                                   const T* __restrict__ bias, index_t bias_stride,
+                                  const T* __restrict__ res, Strides4<I> rs, int act,
                                   T* __restrict__ y, Strides4<I> ys) {
   using Cv = DwConvert<T, Acc>;
   const index_t total = static_cast<index_t>(g.n) * g.k * g.oh * g.ow;
@@ -80,7 +85,8 @@ __global__ void dw_forward_kernel(DwGeom<I> g, Decode4<I> decode, const T* __res
         acc += Cv::load(x[xs.at(n, c, ih, iw)]) * Cv::load(wt[ws.at(k, 0, r, s)]);
       }
     }
-    y[ys.at(n, k, oh, ow)] = Cv::store(acc);
+    if (res != nullptr) acc += Cv::load(res[rs.at(n, k, oh, ow)]);
+    y[ys.at(n, k, oh, ow)] = Cv::store(activate(acc, act));
   }
 }
 
@@ -161,13 +167,14 @@ struct DwProblem {
   index_t k, oh, ow;    // output channels (c * m) and spatial size
   int m, kh, kw, sh, sw, ph, pw, dh, dw;
 
-  // Whether the input-, output- and weight-shaped tensors with these strides allow
-  // 32-bit offsets.
+  // Whether the input-, output- and weight-shaped tensors with these strides (and
+  // the output-shaped residual's, when there is one) allow 32-bit offsets.
   bool fits_int32(const index_t* input_stride, const index_t* output_stride,
-                  const index_t* weight_stride) const {
+                  const index_t* weight_stride, const index_t* residual_stride = nullptr) const {
     return offsets_fit_int32(n, c, h, w, input_stride) &&
            offsets_fit_int32(n, k, oh, ow, output_stride) &&
-           offsets_fit_int32(k, 1, kh, kw, weight_stride);
+           offsets_fit_int32(k, 1, kh, kw, weight_stride) &&
+           (residual_stride == nullptr || offsets_fit_int32(n, k, oh, ow, residual_stride));
   }
   template <typename I>
   DwGeom<I> geometry() const {
@@ -197,15 +204,17 @@ bool make_problem(DwProblem& p, index_t n, index_t c, index_t h, index_t w, int 
 
 template <typename T, typename Acc>
 cudaError_t launch_fwd(const DwProblem& p, const void* x, const index_t* xs, const void* wt,
-                       const index_t* ws, const void* bias, index_t bias_stride, void* y,
-                       const index_t* ys, cudaStream_t stream) {
+                       const index_t* ws, const void* bias, index_t bias_stride,
+                       const void* res, const index_t* rs, int act, void* y, const index_t* ys,
+                       cudaStream_t stream) {
   const index_t total = p.n * p.k * p.oh * p.ow;
-  return with_index_type(p.fits_int32(xs, ys, ws), [&](auto index) {
+  return with_index_type(p.fits_int32(xs, ys, ws, res != nullptr ? rs : nullptr), [&](auto index) {
     using I = decltype(index);
     dw_forward_kernel<T, Acc, I><<<grid_stride_blocks(total, kThreads), kThreads, 0, stream>>>(
         p.geometry<I>(), Decode4<I>(p.k, p.oh, p.ow, ys[1] == 1 && p.k > 1),
         static_cast<const T*>(x), Strides4<I>(xs), static_cast<const T*>(wt), Strides4<I>(ws),
-        static_cast<const T*>(bias), bias_stride, static_cast<T*>(y), Strides4<I>(ys));
+        static_cast<const T*>(bias), bias_stride, static_cast<const T*>(res),
+        Strides4<I>(res != nullptr ? rs : nullptr), act, static_cast<T*>(y), Strides4<I>(ys));
     FASTCNN_CHECK_LAUNCH();
     return cudaSuccess;
   });
@@ -258,16 +267,19 @@ cudaError_t depthwise_conv2d_forward(index_t n, index_t c, index_t h, index_t w,
                                      index_t oh, index_t ow, const void* x,
                                      const index_t* x_stride, const void* weight,
                                      const index_t* w_stride, const void* bias,
-                                     index_t bias_stride, void* y, const index_t* y_stride,
-                                     int dtype, cudaStream_t stream) {
+                                     index_t bias_stride, const void* residual,
+                                     const index_t* residual_stride, int activation, void* y,
+                                     const index_t* y_stride, int dtype, cudaStream_t stream) {
   DwProblem g;
   FASTCNN_REQUIRE(make_problem(g, n, c, h, w, m, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow));
   FASTCNN_REQUIRE(valid_dtype(dtype));
+  FASTCNN_REQUIRE(valid_activation(activation));
   if (n == 0 || c == 0 || oh == 0 || ow == 0) return cudaSuccess;
   FASTCNN_REQUIRE(x != nullptr && weight != nullptr && y != nullptr);
   FASTCNN_REQUIRE(x_stride != nullptr && w_stride != nullptr && y_stride != nullptr);
-  FASTCNN_DW_DISPATCH(dtype, launch_fwd, g, x, x_stride, weight, w_stride, bias, bias_stride, y,
-                      y_stride, stream)
+  FASTCNN_REQUIRE(residual == nullptr || residual_stride != nullptr);
+  FASTCNN_DW_DISPATCH(dtype, launch_fwd, g, x, x_stride, weight, w_stride, bias, bias_stride,
+                      residual, residual_stride, activation, y, y_stride, stream)
 }
 
 cudaError_t depthwise_conv2d_input_grad(index_t n, index_t c, index_t h, index_t w, int m,

@@ -123,19 +123,6 @@ struct WinoGeom {
   int ph, pw;
 };
 
-// Activation codes (fastcnn/ops/_cuda_winograd.py ACTIVATIONS): none, relu, relu6, silu, gelu (erf).
-enum Act : int { kNone = 0, kRelu = 1, kRelu6 = 2, kSilu = 3, kGelu = 4 };
-
-FASTCNN_DEVICE float activate(float z, int act) {
-  switch (act) {
-    case kRelu: return fmaxf(z, 0.f);
-    case kRelu6: return fminf(fmaxf(z, 0.f), 6.f);
-    case kSilu: return z / (1.f + expf(-z));
-    case kGelu: return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));
-    default: return z;
-  }
-}
-
 // ---------------------------------------------------------------- 1. filter transform
 // w: (k, c, 3, 3) with strides ws; with `flip` the 3x3 taps are read rotated by 180
 // degrees (the input gradient's filter; its channel transpose comes from the strides).
@@ -475,7 +462,7 @@ cudaError_t winograd_conv2d_forward(index_t n, index_t c, index_t h, index_t w, 
                                     cudaStream_t stream) {
   FASTCNN_REQUIRE(n >= 0 && c >= 0 && h >= 0 && w >= 0 && k >= 0 && ph >= 0 && pw >= 0);
   FASTCNN_REQUIRE((m == 2 || m == 4) && valid_dtype(dtype));
-  FASTCNN_REQUIRE(activation >= kNone && activation <= kGelu);
+  FASTCNN_REQUIRE(valid_activation(activation));
   // the output size must be the 3x3 stride-1 convolution's
   FASTCNN_REQUIRE(oh == h + 2 * static_cast<index_t>(ph) - 2 && ow == w + 2 * static_cast<index_t>(pw) - 2);
   if (n == 0 || k == 0 || oh <= 0 || ow <= 0) return cudaSuccess;

@@ -112,6 +112,31 @@ def test_opcheck(layout):
     torch.library.opcheck(conv2d_weight_grad_op, (g, x, list(w.shape), *params, "auto"), test_utils=OPCHECK_TESTS)
 
 
+@pytest.mark.parametrize("x_layout, w_layout, groups", [
+    ("nchw", "nhwc", 1), ("nhwc", "nchw", 1), ("nchw", "nhwc", 2),
+    ("nchw", "nhwc", 8),  # depthwise: a (C, 1, 3, 3) weight is both layouts, the input decides
+])
+def test_output_layout_follows_f_conv2d(x_layout, w_layout, groups):
+    """F.conv2d writes channels_last when the input or the weight is; so do every
+    backend, the fake kernel (opcheck) and conv_bn_act's training op."""
+    x = make_input((2, 8, 7, 6), layout=x_layout, requires_grad=True)
+    w = make_input((16, 8 // groups, 3, 3), layout=w_layout, requires_grad=True)
+    want = F.conv2d(x.detach(), w.detach(), None, 1, 1, 1, groups)
+    assert want.is_contiguous(memory_format=torch.channels_last) == (groups < 8)
+    x64, w64 = leaves64(x, w)
+    ref = F.conv2d(x64, w64, None, 1, 1, 1, groups)
+    gamma, beta = torch.ones(16, device=DEVICE), torch.zeros(16, device=DEVICE)
+    for algo in ("triton", "reference") + (("cudnn",) if DEVICE == "cuda" else ()):
+        out = ops.conv2d(x, w, None, 1, 1, 1, groups, algo=algo)
+        assert out.stride() == want.stride(), algo
+        assert_close(out, ref, what=algo)
+        fused = ops.conv_bn_act(x, w, None, gamma, beta, None, None, training=True, padding=1, groups=groups,
+                                algo=algo)
+        assert fused.stride() == want.stride(), algo
+    torch.library.opcheck(conv2d_op, (x, w, None, None, [1, 1], [1, 1], [1, 1], groups, "none", "auto"),
+                          test_utils=OPCHECK_TESTS)
+
+
 def test_torch_compile_fullgraph():
     x = make_input((2, 4, 9, 9), layout="nhwc", requires_grad=True)
     w = torch.randn(8, 4, 3, 3, device=DEVICE, requires_grad=True)

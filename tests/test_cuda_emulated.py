@@ -5,11 +5,13 @@ references: LRN, depthwise convolution and Winograd, forward and backward, odd s
 empty batches, every layout and dtype. On a GPU the gpu-marked tests of
 test_lrn.py, test_depthwise.py and test_winograd.py run the same kernels for real."""
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,10 @@ from fastcnn.ops import _cuda_depthwise as cd
 from fastcnn.ops import _cuda_lrn as cl
 from fastcnn.ops import _cuda_winograd as cw
 from fastcnn.triton_kernels import lrn as lrn_kernels
+from fastcnn.triton_kernels import reference
+from fastcnn.triton_kernels._common import ACTIVATIONS
 from fastcnn.triton_kernels.winograd import VARIANTS, error_bound
-from helpers import expanded_grad, far_apart, make_input, rel_error
+from helpers import assert_close, assert_grads_close, expanded_grad, far_apart, leaves64, make_input, rel_error
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # relative-norm bounds against float64, as the GPU tests of the same kernels use
@@ -205,6 +209,99 @@ def test_depthwise_forward_backward(cuda, index_bits, dtype, layout, n, m, ks, s
         assert (dw == 0).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_depthwise_fused_bias_residual_activation(cuda, index_bits, dtype, activation):
+    """The forward's epilogue: act(conv + bias + residual), rounded once; a channels_last
+    input with a non-contiguous residual, multiplier 2, stride 2, odd sizes."""
+    c, m = 5, 2
+    x = _input((2, c, 13, 10), dtype, "nhwc")
+    w = (torch.randn(c * m, 1, 3, 3) / 3).to(dtype)
+    b = torch.randn(c * m).to(dtype)
+    geo = ([2, 2], [1, 1], [1, 1], c)
+    res = _input((2, c * m, 7, 5), dtype, "noncontig")
+    # CPU tensors: the only reasons are the device's, none about the epilogue
+    assert not [r for r in cd.forward_reasons(x, w, b, res, *geo, activation) if "CUDA" not in r]
+    y = cd.forward(x, w, b, res, *geo, activation)
+    want = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *geo, activation)
+    assert y.shape == want.shape and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_error(y, want) <= 2 * TOL[dtype]
+
+
+# ----------------------------------------------------------------------------- the fused ops reach them
+
+@pytest.fixture
+def cuda_backends(cuda, monkeypatch):
+    """The dispatchers' cuda backends taking CPU tensors, on the emulated kernels: the
+    depthwise wrappers' device check passes (Winograd's still refuses), the cuda
+    training backend's BatchNorm backward (ATen's) runs on the CPU, a fallback away
+    from algo='cuda' is an error, and the _C entry points each call reaches are
+    recorded (by the name the wrappers ask _ext for)."""
+    from fastcnn.ops.conv_bn_act import bn_backward_dispatch
+    monkeypatch.setattr(cd, "_device_reasons", lambda t: [])
+    aten_bn = bn_backward_dispatch.backends["cuda"]
+    monkeypatch.setitem(bn_backward_dispatch.backends, "cuda",
+                        dataclasses.replace(aten_bn, not_supported_reasons=lambda *args: []))
+    reached = []
+    monkeypatch.setattr(_ext, "_require_module", lambda op: reached.append(op) or cuda)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*algo='cuda' cannot take")
+        # separable's pointwise half asks for cuDNN, which on CPU tensors is the reference
+        warnings.filterwarnings("ignore", message=".*algo='cudnn' cannot take .*CPU tensors")
+        yield reached
+
+
+DW_ENTRY_POINTS = {"fastcnn.conv2d", "fastcnn.conv2d_input_grad", "fastcnn.conv2d_weight_grad"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_conv_bn_act_runs_depthwise_on_the_cuda_kernels(cuda_backends, dtype, training):
+    """A depthwise conv -> BatchNorm -> + residual -> ReLU6 with algo='cuda': folded into
+    the kernel's epilogue at inference, the cuda training backend's convolution in
+    training; forward and every gradient against the float64 reference."""
+    from fastcnn import ops
+    c = 6
+    x = make_input((2, c, 9, 11), dtype, "nhwc", requires_grad=True)
+    w = (torch.randn(c, 1, 3, 3, dtype=dtype) / 3).requires_grad_()
+    gamma = (torch.rand(c, dtype=dtype) + 0.5).requires_grad_()
+    beta = torch.randn(c, dtype=dtype).requires_grad_()
+    res = make_input((2, c, 5, 6), dtype, "noncontig", requires_grad=True)
+    stats = torch.randn(c, dtype=dtype), torch.rand(c, dtype=dtype) + 0.5
+    kw = dict(training=training, stride=2, padding=1, groups=c, activation="relu6")
+    out = ops.conv_bn_act(x, w, None, gamma, beta, *(t.clone() for t in stats), residual=res, algo="cuda", **kw)
+    x64, w64, g64, b64, r64 = leaves64(x, w, gamma, beta, res)
+    ref = ops.conv_bn_act(x64, w64, None, g64, b64, *(t.double() for t in stats), residual=r64,
+                          algo="reference", **kw)
+    assert_close(out, ref, dtype, what="out")
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_grads_close(out, ref, [x, w, gamma, beta, res], [x64, w64, g64, b64, r64], dtype, factor=4,
+                       names=["dx", "dw", "dgamma", "dbeta", "dresidual"])
+    assert set(cuda_backends) == DW_ENTRY_POINTS
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_separable_runs_its_depthwise_half_on_the_cuda_kernels(cuda_backends, dtype):
+    """separable_conv2d(algo='cuda'): depthwise + bias + ReLU6 in the CUDA kernel, the
+    pointwise half (+ residual, SiLU) and its gradients cuDNN's (here: ATen's)."""
+    from fastcnn.ops.separable import separable_conv2d
+    c, k = 5, 7
+    x = make_input((2, c, 8, 7), dtype, "nhwc", requires_grad=True)
+    wd = (torch.randn(c, 1, 5, 5, dtype=dtype) / 5).requires_grad_()
+    bd = torch.randn(c, dtype=dtype).requires_grad_()
+    wp = (torch.randn(k, c, 1, 1, dtype=dtype) / 2).requires_grad_()
+    bp = torch.randn(k, dtype=dtype).requires_grad_()
+    res = make_input((2, k, 4, 4), dtype, "nchw", requires_grad=True)
+    kw = dict(stride=2, padding=2, activation="relu6", pointwise_activation="silu")
+    leaves = [x, wd, bd, wp, bp, res]
+    out = separable_conv2d(x, wd, wp, bd, bp, residual=res, algo="cuda", **kw)
+    l64 = leaves64(*leaves)
+    ref = separable_conv2d(l64[0], l64[1], l64[3], l64[2], l64[4], residual=l64[5], algo="reference", **kw)
+    assert_close(out, ref, dtype, what="out")
+    assert_grads_close(out, ref, leaves, l64, dtype, factor=4, names=["dx", "dwd", "dbd", "dwp", "dbp", "dres"])
+    assert set(cuda_backends) == DW_ENTRY_POINTS
+
+
 # ----------------------------------------------------------------------------- offsets past 2^31
 
 def test_lrn_depthwise_and_winograd_at_offsets_past_int32(cuda):
@@ -226,6 +323,8 @@ def test_lrn_depthwise_and_winograd_at_offsets_past_int32(cuda):
                                                4, [True, True, False])
     assert rel_error(cd.forward(x, w, None, None, *geo, "none"), F.conv2d(x.double(), w.double(), None, 1, 1, 1, 4)) \
         <= TOL[half]
+    assert rel_error(cd.forward(x, w, None, dy, *geo, "relu"),  # a far-apart residual too
+                     torch.relu(F.conv2d(x.double(), w.double(), None, 1, 1, 1, 4) + dy.double())) <= TOL[half]
     assert rel_error(cd.input_grad(dy, w, list(x.shape), *geo), want[0]) <= 4 * TOL[half]
     assert rel_error(cd.weight_grad(dy, x, list(w.shape), *geo), want[1]) <= 4 * TOL[half]
 
@@ -264,7 +363,6 @@ def test_winograd_forward_and_input_grad(cuda, dtype, variant, layout, n, h, w, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("activation", list(cw.ACTIVATIONS))
 def test_winograd_fused_bias_residual_activation(cuda, dtype, activation):
-    from fastcnn.triton_kernels import reference
     x = _input((2, 16, 10, 9), dtype, "nhwc")
     wt = (torch.randn(24, 16, 3, 3) / 4).to(dtype)
     b = torch.randn(24).to(dtype)

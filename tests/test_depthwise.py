@@ -12,6 +12,7 @@ from fastcnn.nn.depthwise import DepthwiseConv2d
 from fastcnn.ops import _cuda_depthwise
 from fastcnn.ops.conv2d import forward_dispatch, input_grad_dispatch, weight_grad_dispatch
 from fastcnn.ops.depthwise import depthwise_conv2d
+from fastcnn.triton_kernels._common import ACTIVATIONS
 from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, expanded_grad, leaves64, make_input, rel_error
 
 # (N, C, H, W, multiplier, kernel, stride, padding, dilation)
@@ -101,13 +102,18 @@ def test_cuda_backend_scope(c, k, weight_shape, stride, groups, ok):
 
 
 def test_cuda_backend_refuses_with_reasons_and_falls_back():
-    x, w = make_input((1, 4, 6, 6)), torch.randn(4, 1, 3, 3, device=DEVICE)
+    x, w = make_input((1, 4, 6, 6)), torch.randn(4, 1, 4, 4, device=DEVICE)
     args = (x, w, None, None, [1, 1], [1, 1], [1, 1], 4, "relu")
-    assert any("residual/activation" in r for r in forward_dispatch.reasons("cuda", args))
+    assert any("kernel 4x4 is not 3x3, 5x5 or 7x7" in r for r in forward_dispatch.reasons("cuda", args))
+    # the epilogue takes every activation and a residual: no reason about them
+    w3 = torch.randn(4, 1, 3, 3, device=DEVICE)
+    for activation in ACTIVATIONS:
+        reasons = forward_dispatch.reasons("cuda", (x, w3, None, x, [1, 1], [1, 1], [1, 1], 4, activation))
+        assert not [r for r in reasons if "activation" in r or "residual" in r]
     if DEVICE == "cpu":
         with pytest.warns(UserWarning, match="algo='cuda' cannot take this call"):
             out = depthwise_conv2d(x, w, None, 1, 1, algo="cuda")
-        assert_close(out, F.conv2d(x.double(), w.double(), None, 1, 1, 1, 4))
+        assert_close(out, F.conv2d(x.double(), w.double(), None, 1, 1, 1, 4))  # 4x4: falls back
 
 
 @pytest.mark.parametrize("args, kwargs, error, match", [
@@ -131,9 +137,13 @@ def test_extension_validates_depthwise_arguments():
         pytest.skip(_ext.unavailable_reason() or "fastcnn._C is not built")
     s4 = [1, 1, 1, 1]
     with pytest.raises(ValueError, match="geometry must be"):
-        mod.depthwise_conv2d_forward([1, 2, 3], 0, s4, 0, s4, 0, 0, 0, s4, mod.DTYPE_FLOAT32, 0)
+        mod.depthwise_conv2d_forward([1, 2, 3], 0, s4, 0, s4, 0, 0, 0, [], 0, 0, s4, mod.DTYPE_FLOAT32, 0)
     with pytest.raises(ValueError, match="y_stride must have 4 strides"):
-        mod.depthwise_conv2d_forward([1] * 15, 0, s4, 0, s4, 0, 0, 0, [1], mod.DTYPE_FLOAT32, 0)
+        mod.depthwise_conv2d_forward([1] * 15, 0, s4, 0, s4, 0, 0, 0, [], 0, 0, [1], mod.DTYPE_FLOAT32, 0)
+    with pytest.raises(ValueError, match="activation code must be 0..4, got 7"):
+        mod.depthwise_conv2d_forward([1] * 15, 0, s4, 0, s4, 0, 0, 0, [], 7, 0, s4, mod.DTYPE_FLOAT32, 0)
+    with pytest.raises(ValueError, match="residual_stride must have 4 strides"):
+        mod.depthwise_conv2d_forward([1] * 15, 0, s4, 0, s4, 0, 0, 1, [1, 1], 1, 0, s4, mod.DTYPE_FLOAT32, 0)
     with pytest.raises(ValueError, match="out of range"):
         mod.depthwise_conv2d_weight_grad([1] * 14 + [-1], 0, s4, 0, s4, 0, s4, mod.DTYPE_FLOAT32, 0)
 

@@ -65,7 +65,8 @@ def autotune_configs(gpu_configs, interpreter_config):
     return gpu_configs[:1] if os.environ.get("FASTCNN_AUTOTUNE", "1") == "0" else gpu_configs
 
 
-# Activation codes passed to kernels as tl.constexpr ACT.
+# Activation codes passed to kernels as tl.constexpr ACT, and to the CUDA kernels
+# (csrc/common.cuh enum Act: the same numbers).
 ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
 
 
@@ -107,6 +108,17 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     ``t`` is channels_last (and not also plain contiguous), else contiguous. Real and
     fake kernels both use this, so their output strides agree."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def conv_memory_format(x: torch.Tensor, w: torch.Tensor) -> torch.memory_format:
+    """The layout of a convolution's output, as F.conv2d picks it (cuDNN's and
+    oneDNN's suggest_memory_format of both operands): channels_last when the input or
+    the weight is. Depthwise and 1x1 weights are both layouts at once
+    (memory_format_of: contiguous), so only a k x k weight with C/groups > 1 can
+    switch an NCHW input's output to channels_last."""
+    if torch.channels_last in (memory_format_of(x), memory_format_of(w)):
         return torch.channels_last
     return torch.contiguous_format
 

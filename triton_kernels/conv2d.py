@@ -31,7 +31,7 @@ import torch
 import triton
 
 from fastcnn.triton_kernels import _common, conv2d_grouped, conv2d_igemm
-from fastcnn.triton_kernels._common import ACTIVATIONS, empty_nchw, memory_format_of
+from fastcnn.triton_kernels._common import ACTIVATIONS, conv_memory_format, empty_nchw, memory_format_of
 
 # Below this many output channels per group, a GEMM tile's N side would be mostly
 # padding and the direct FMA kernel wins. (Few *input* channels per group, as in a
@@ -107,7 +107,7 @@ def conv2d_forward(x, w, bias, residual, stride, padding, dilation, groups,
     """act(conv2d(x, w) + bias + residual). With ``stats``, also returns the batch
     (mean, biased variance) of the output per channel, both fp32."""
     assert not (stats and activation != "none"), "statistics are of the pre-activation output"
-    y = empty_nchw(x, conv_output_shape(x.shape, w.shape, stride, padding, dilation), memory_format_of(x))
+    y = empty_nchw(x, conv_output_shape(x.shape, w.shape, stride, padding, dilation), conv_memory_format(x, w))
     if y.numel() == 0:
         if stats:
             nan = x.new_full((w.shape[0],), float("nan"), dtype=torch.float32)

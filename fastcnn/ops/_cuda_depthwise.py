@@ -6,13 +6,15 @@ any strides, so nothing is copied.
 
 Supported (``depthwise_reasons`` says why not otherwise): groups == input channels,
 channel multiplier 1 or 2, square 3x3 / 5x5 / 7x7 kernels, stride 1 or 2 (both
-directions equal), any padding and dilation, no fused residual or activation;
-fp32 / fp16 / bf16 / fp64 CUDA tensors with fastcnn._C built for the GPU.
+directions equal), any padding and dilation; the forward's epilogue adds bias and
+residual and applies any of the ACTIVATIONS (so folded conv -> BatchNorm -> ReLU
+blocks and the separable op's depthwise half run here); fp32 / fp16 / bf16 / fp64
+CUDA tensors with fastcnn._C built for the GPU.
 """
 import torch
 
 from fastcnn import _ext
-from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
+from fastcnn.triton_kernels._common import ACTIVATIONS, conv_memory_format, empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 
 KERNEL_SIZES = (3, 5, 7)
@@ -48,8 +50,8 @@ def _device_reasons(t) -> list:
 
 def forward_reasons(x, w, bias, residual, stride, padding, dilation, groups, activation) -> list:
     reasons = _device_reasons(x) + geometry_reasons(x.shape[1], w.shape[0], w.shape, stride, groups)
-    if residual is not None or activation != "none":
-        reasons.append("the CUDA depthwise kernel has no fused residual/activation")
+    if activation not in ACTIVATIONS:
+        reasons.append(f"the CUDA depthwise epilogue has no activation {activation!r}")
     return reasons
 
 
@@ -69,19 +71,23 @@ def _geometry(input_shape, weight_shape, out_shape, stride, padding, dilation):
 
 
 def forward(x, w, bias, residual, stride, padding, dilation, groups, activation):
+    """act(depthwise_conv2d(x, w) + bias + residual), one kernel."""
     mod = _ext._require_module("fastcnn.conv2d")
     w = w.to(x.dtype)
     shape = conv_output_shape(x.shape, w.shape, stride, padding, dilation)
-    y = empty_nchw(x, shape, memory_format_of(x))
+    y = empty_nchw(x, shape, conv_memory_format(x, w))
     if y.numel() == 0:
         return y
     geom = _geometry(x.shape, w.shape, shape, stride, padding, dilation)
     b = None if bias is None else bias.to(x.dtype)
     bias_ptr, bias_stride = (0, 0) if b is None else (b.data_ptr(), b.stride(0))
+    r = None if residual is None else residual.to(x.dtype)
+    res_ptr, res_stride = (0, []) if r is None else (r.data_ptr(), list(r.stride()))
     with torch.cuda.device(x.device):
         mod.depthwise_conv2d_forward(geom, x.data_ptr(), list(x.stride()), w.data_ptr(), list(w.stride()),
-                                     bias_ptr, bias_stride, y.data_ptr(), list(y.stride()),
-                                     _ext._dtype_code(mod, x.dtype), torch.cuda.current_stream(x.device).cuda_stream)
+                                     bias_ptr, bias_stride, res_ptr, res_stride, ACTIVATIONS[activation],
+                                     y.data_ptr(), list(y.stride()), _ext._dtype_code(mod, x.dtype),
+                                     torch.cuda.current_stream(x.device).cuda_stream)
     return y
 
 

@@ -29,14 +29,12 @@ import torch
 
 from fastcnn import _ext
 from fastcnn.ops._cuda_depthwise import _device_reasons
-from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
+from fastcnn.triton_kernels._common import ACTIVATIONS, conv_memory_format, empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 from fastcnn.triton_kernels.winograd import VARIANTS, as_tensor, transforms
 
 VARIANT_FOR_DTYPE = {torch.float32: "F4x4_3x3", torch.float16: "F2x2_3x3", torch.bfloat16: "F2x2_3x3"}
 CUDA_DTYPES = tuple(VARIANT_FOR_DTYPE)
-# activation name -> code of csrc/winograd.cu's Act enum
-ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
 WORKSPACE_BYTES = 512 << 20
 MAX_OUT_CHANNELS = 65535 * 64  # the GEMM's grid.y limit (64 output channels per block)
 
@@ -218,7 +216,7 @@ def forward(x, w, bias, residual, stride, padding, dilation, groups, activation,
     variant = variant or VARIANT_FOR_DTYPE[x.dtype]
     w = w.to(x.dtype)
     shape = conv_output_shape(x.shape, w.shape, stride, padding, dilation)
-    y = empty_nchw(x, shape, memory_format_of(x))
+    y = empty_nchw(x, shape, conv_memory_format(x, w))
     if y.numel() == 0:
         return y
     with torch.cuda.device(x.device):

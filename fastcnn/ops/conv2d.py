@@ -19,7 +19,7 @@ from fastcnn.ops._checks import autocast, check_tensor, pair
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import conv2d as conv_kernels
 from fastcnn.triton_kernels import reference
-from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
+from fastcnn.triton_kernels._common import conv_memory_format, empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 
 OP = "fastcnn.conv2d"
@@ -173,17 +173,19 @@ def _first_taker(*kernels):
 
 
 _dw, _wino = _cuda_depthwise, _cuda_winograd
-forward_dispatch.register("cuda", *_first_taker((_dw.forward, _dw.forward_reasons),
-                                                (_wino.forward, _wino.forward_reasons)))
+# Named: conv_bn_act's and separable_conv2d's cuda backends run their convolution here.
+cuda_forward, cuda_forward_reasons = _first_taker((_dw.forward, _dw.forward_reasons),
+                                                  (_wino.forward, _wino.forward_reasons))
+forward_dispatch.register("cuda", cuda_forward, cuda_forward_reasons)
 input_grad_dispatch.register("cuda", *_first_taker((_dw.input_grad, _dw.input_grad_reasons),
                                                    (_wino.input_grad, _wino.input_grad_reasons)))
 weight_grad_dispatch.register("cuda", *_first_taker((_dw.weight_grad, _dw.weight_grad_reasons),
                                                     (_wino.weight_grad, _wino.weight_grad_reasons)))
 
 
-def _in_layout(t, like):
+def _in_layout(t, memory_format):
     """Every backend returns the layout the fake kernel promises."""
-    return t.contiguous(memory_format=memory_format_of(like))
+    return t.contiguous(memory_format=memory_format)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -193,20 +195,20 @@ def conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], residual: O
               stride: List[int], padding: List[int], dilation: List[int], groups: int,
               activation: str, algo: str) -> Tensor:
     out = forward_dispatch(algo, input, weight, bias, residual, stride, padding, dilation, groups, activation)
-    return _in_layout(out, input)
+    return _in_layout(out, conv_memory_format(input, weight))  # F.conv2d's choice
 
 
 @conv2d_op.register_fake
 def _(input, weight, bias, residual, stride, padding, dilation, groups, activation, algo):
     shape = conv_output_shape(input.shape, weight.shape, stride, padding, dilation)
-    return empty_nchw(input, shape, memory_format_of(input))
+    return empty_nchw(input, shape, conv_memory_format(input, weight))
 
 
 @torch.library.custom_op("fastcnn::conv2d_input_grad", mutates_args=())
 def conv2d_input_grad_op(grad_output: Tensor, weight: Tensor, input_size: List[int], stride: List[int],
                          padding: List[int], dilation: List[int], groups: int, algo: str) -> Tensor:
     dx = input_grad_dispatch(algo, grad_output, weight, input_size, stride, padding, dilation, groups)
-    return _in_layout(dx, grad_output)
+    return _in_layout(dx, memory_format_of(grad_output))
 
 
 @conv2d_input_grad_op.register_fake

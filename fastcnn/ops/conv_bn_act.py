@@ -1,13 +1,17 @@
 """fastcnn.ops.conv_bn_act: convolution -> BatchNorm -> (+ residual) -> activation.
 
 Inference (``training=False``): BatchNorm is folded into the convolution's weight and
-bias, and bias + residual + activation run in the convolution's epilogue: one kernel.
+bias, and bias + residual + activation run in the convolution's epilogue: one kernel
+(a ``fastcnn::conv2d`` call, so every conv2d backend with an epilogue takes it: the
+Triton kernels, and the CUDA depthwise and Winograd kernels).
 
 Training: ``fastcnn::conv_bn_act_train`` reduces the batch statistics in the
 convolution's epilogue, then one elementwise pass normalizes, adds the residual and
 applies the activation. Its backward is ``fastcnn::bn_act_backward`` (one reduction
 and one elementwise pass) followed by the convolution's own gradient ops. Running
-statistics are updated exactly as nn.BatchNorm2d does.
+statistics are updated exactly as nn.BatchNorm2d does. Backends: "triton" (statistics
+in the convolution's epilogue), "cuda" (fastcnn._C's convolution, ATen's BatchNorm),
+"cudnn" (F.conv2d + ATen's BatchNorm), "reference".
 """
 from typing import List, Optional, Tuple
 
@@ -17,9 +21,10 @@ from torch import Tensor
 
 from fastcnn.ops._checks import autocast, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
-from fastcnn.ops.conv2d import _no_cudnn, apply_conv, conv_backward, normalize_conv_args, triton_forward_reasons
+from fastcnn.ops.conv2d import (_no_cudnn, apply_conv, conv_backward, cuda_forward, cuda_forward_reasons,
+                                normalize_conv_args, triton_forward_reasons)
 from fastcnn.triton_kernels import reference
-from fastcnn.triton_kernels._common import ACTIVATIONS, empty_nchw, memory_format_of
+from fastcnn.triton_kernels._common import ACTIVATIONS, conv_memory_format, empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 
 OP = "fastcnn.conv_bn_act"
@@ -38,12 +43,28 @@ def _triton_train(x, w, bias, gamma, beta, residual, stride, padding, dilation, 
     return out, y, mean, var
 
 
-def _cudnn_train(x, w, bias, gamma, beta, residual, stride, padding, dilation, groups, eps, activation):
-    y = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+def _aten_bn_act(y, gamma, beta, residual, eps, activation):
+    """(out, y, mean, var) from the convolution's output y, BatchNorm by ATen."""
     z, mean, invstd = torch.ops.aten.native_batch_norm(y, gamma, beta, None, None, True, 0.0, eps)
     if residual is not None:
         z = z + residual
     return reference.ACTIVATION_FNS[activation](z), y, mean, invstd.pow(-2) - eps
+
+
+def _cudnn_train(x, w, bias, gamma, beta, residual, stride, padding, dilation, groups, eps, activation):
+    y = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+    return _aten_bn_act(y, gamma, beta, residual, eps, activation)
+
+
+# "cuda": the convolution is fastcnn._C's (conv2d's cuda backend: depthwise or
+# Winograd), the BatchNorm ATen's, as in "cudnn"; so is the backward's BatchNorm half.
+def _cuda_train(x, w, bias, gamma, beta, residual, stride, padding, dilation, groups, eps, activation):
+    y = cuda_forward(x, w, bias, None, stride, padding, dilation, groups, "none")
+    return _aten_bn_act(y, gamma, beta, residual, eps, activation)
+
+
+def _cuda_train_reasons(x, w, bias, gamma, beta, residual, stride, padding, dilation, groups, *rest):
+    return cuda_forward_reasons(x, w, bias, None, stride, padding, dilation, groups, "none")
 
 
 def _reference_train(x, w, bias, gamma, beta, residual, stride, padding, dilation, groups, eps, activation):
@@ -75,9 +96,11 @@ def _cudnn_bn_backward(grad_out, y, mean, invstd, gamma, beta, residual, activat
 
 
 train_dispatch.register("triton", _triton_train, _triton_train_reasons)
+train_dispatch.register("cuda", _cuda_train, _cuda_train_reasons)
 train_dispatch.register("cudnn", _cudnn_train, cudnn_reasons)
 train_dispatch.register("reference", _no_cudnn(_reference_train))
 bn_backward_dispatch.register("triton", _triton_bn_backward, triton_reasons)
+bn_backward_dispatch.register("cuda", _cudnn_bn_backward, cudnn_reasons)
 bn_backward_dispatch.register("cudnn", _cudnn_bn_backward, cudnn_reasons)
 bn_backward_dispatch.register("reference", reference.bn_act_backward)
 
@@ -94,7 +117,7 @@ def conv_bn_act_train_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], 
     fp32 (fp64 for fp64 input: gradcheck's precision)."""
     out, y, mean, var = train_dispatch(algo, input, weight, bias, bn_weight, bn_bias, residual,
                                        stride, padding, dilation, groups, eps, activation)
-    layout, sdt = memory_format_of(input), reference.compute_dtype(input.dtype)
+    layout, sdt = conv_memory_format(input, weight), reference.compute_dtype(input.dtype)
     return (out.contiguous(memory_format=layout), y.contiguous(memory_format=layout),
             mean.to(sdt).contiguous(), var.to(sdt).contiguous())
 
@@ -102,7 +125,7 @@ def conv_bn_act_train_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], 
 @conv_bn_act_train_op.register_fake
 def _(input, weight, bias, bn_weight, bn_bias, residual, stride, padding, dilation, groups, eps, activation, algo):
     shape = conv_output_shape(input.shape, weight.shape, stride, padding, dilation)
-    layout = memory_format_of(input)
+    layout = conv_memory_format(input, weight)
     stats = input.new_empty(shape[1], dtype=reference.compute_dtype(input.dtype))
     return empty_nchw(input, shape, layout), empty_nchw(input, shape, layout), stats, stats.clone()
 

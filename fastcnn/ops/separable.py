@@ -4,7 +4,9 @@ pointwise 1x1 convolution -> bias (+ residual) -> activation, as one custom op
 
 Backends (``algo``, see fastcnn.ops): "triton" is the fused kernel
 (triton_kernels/separable.py), which never writes the depthwise output to memory;
-"cudnn" is the unfused pair of F.conv2d calls (what PyTorch does today);
+"cuda" is csrc/depthwise.cu's kernel with bias and activation in its epilogue,
+then cuDNN's 1x1 convolution; "cudnn" is the unfused pair of F.conv2d calls (what
+PyTorch does today);
 "reference" the same math in fp32 (fp64 for fp64), cuDNN off.
 
 The backward saves only the inputs (plus the output when act2 can be differentiated
@@ -18,6 +20,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from fastcnn.ops import _cuda_depthwise
 from fastcnn.ops._checks import autocast, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.ops.conv2d import (_no_cudnn, activation_mask, conv2d_input_grad_op, conv2d_op,
@@ -43,15 +46,32 @@ def _triton_reasons(x, wd, bd, wp, bp, residual, stride, padding, dilation, *res
     return triton_reasons(x) + shapes + index
 
 
-def _cudnn_forward(x, wd, bd, wp, bp, residual, stride, padding, dilation, act1, act2):
-    z = torch.nn.functional.conv2d(x, wd, bd, stride, padding, dilation, x.shape[1])
-    y = torch.nn.functional.conv2d(reference.ACTIVATION_FNS[act1](z), wp, bp)
+def _pointwise(z, wp, bp, residual, act2):
+    """act2(conv1x1(z, wp) + bp + residual) through cuDNN: the unfused second half."""
+    y = torch.nn.functional.conv2d(z, wp, bp)
     if residual is not None:
         y = y + residual
     return reference.ACTIVATION_FNS[act2](y)
 
 
+def _cudnn_forward(x, wd, bd, wp, bp, residual, stride, padding, dilation, act1, act2):
+    z = torch.nn.functional.conv2d(x, wd, bd, stride, padding, dilation, x.shape[1])
+    return _pointwise(reference.ACTIVATION_FNS[act1](z), wp, bp, residual, act2)
+
+
+# "cuda": the depthwise half (bias and act1 in its epilogue) is csrc/depthwise.cu;
+# the pointwise half is cuDNN's, as fastcnn._C has no GEMM of its own.
+def _cuda_forward(x, wd, bd, wp, bp, residual, stride, padding, dilation, act1, act2):
+    z = _cuda_depthwise.forward(x, wd, bd, None, stride, padding, dilation, x.shape[1], act1)
+    return _pointwise(z, wp, bp, residual, act2)
+
+
+def _cuda_reasons(x, wd, bd, wp, bp, residual, stride, padding, dilation, act1, act2):
+    return _cuda_depthwise.forward_reasons(x, wd, bd, None, stride, padding, dilation, x.shape[1], act1)
+
+
 forward_dispatch.register("triton", kernels.separable_conv2d_forward, _triton_reasons)
+forward_dispatch.register("cuda", _cuda_forward, _cuda_reasons)
 forward_dispatch.register("cudnn", _cudnn_forward, cudnn_reasons)
 forward_dispatch.register("reference", _no_cudnn(kernels.separable_conv2d_reference))
 
@@ -94,6 +114,9 @@ def _act_grad(pre, activation, like):
 def _backward(ctx, grad):
     x, wd, bd, wp, bp, residual, out = ctx.saved_tensors
     stride, padding, dilation, act1, act2, algo = ctx.params
+    # The "cuda" backend's pointwise half is cuDNN's (fastcnn._C has no 1x1 kernel):
+    # so are its gradients, rather than a fallback warning from conv2d's dispatchers.
+    pw_algo = "cudnn" if algo == "cuda" else algo
     need = ctx.needs_input_grad
     c = x.shape[1]
     # Recompute the depthwise pre-activation u and z = act1(u), stored in x's dtype
@@ -106,18 +129,18 @@ def _backward(ctx, grad):
     elif act2 == "none":
         g2 = grad
     else:
-        v = conv2d_op(z, wp, bp, residual, _ONE, _ZERO, _ONE, 1, "none", algo)
+        v = conv2d_op(z, wp, bp, residual, _ONE, _ZERO, _ONE, 1, "none", pw_algo)
         g2 = grad * _act_grad(v, act2, grad)
 
     dwp = dbp = dres = dx = dwd = dbd = None
     if need[3]:
-        dwp = conv2d_weight_grad_op(g2, z, list(wp.shape), _ONE, _ZERO, _ONE, 1, algo)
+        dwp = conv2d_weight_grad_op(g2, z, list(wp.shape), _ONE, _ZERO, _ONE, 1, pw_algo)
     if need[4]:
         dbp = g2.sum((0, 2, 3))
     if need[5]:
         dres = g2
     if need[0] or need[1] or need[2]:
-        dz = conv2d_input_grad_op(g2, wp, list(z.shape), _ONE, _ZERO, _ONE, 1, algo)
+        dz = conv2d_input_grad_op(g2, wp, list(z.shape), _ONE, _ZERO, _ONE, 1, pw_algo)
         g1 = dz if act1 == "none" else dz * _act_grad(u, act1, dz)
         if need[0]:
             dx = conv2d_input_grad_op(g1, wd, list(x.shape), stride, padding, dilation, c, algo)
