@@ -7,6 +7,7 @@ import torch
 
 from fastcnn.triton_kernels._common import interpret_mode, interpreter_computes_bf16
 from fastcnn.triton_kernels.conv2d import conv_output_shape
+from fastcnn.triton_kernels.reference import compute_dtype
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -131,7 +132,7 @@ def check_forward_stats(g, dtype, layout, offset, family):
     pixels = y.shape[0] * y.shape[2] * y.shape[3]
     assert pixels > 32 and pixels % 32, "needs several pixel tiles, the last one partial"
     assert_close(y, ref, dtype, what="stats output")
-    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    stats_dtype = compute_dtype(dtype)
     # With an offset, against y's own statistics: y's rounding near the offset would
     # dominate a comparison of the variance with the exact reference.
     ref_var, ref_mean = torch.var_mean(y.double() if offset else ref, dim=(0, 2, 3), unbiased=False)

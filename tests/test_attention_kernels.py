@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastcnn.triton_kernels import attention as attn
+from fastcnn.triton_kernels import reference
 from helpers import DEVICE, DTYPES, ON_GPU, REL_TOL, assert_close, expanded_grad, rel_error
 
 # Floor on the relative error, for dtypes whose PyTorch error can be ~0 on tiny cases.
@@ -70,7 +71,7 @@ def check(q, k, v, do=None, mask=None, causal=False, scale=None, dropout_p=0.0, 
     o, lse = attn.attention_forward(q, k, v, seed=seed, **kw)
     B, H, Lq, D = q.shape
     assert o.shape == (B, H, Lq, D) and o.dtype == dtype and o.is_contiguous()
-    assert lse.shape == (B, H, Lq) and lse.dtype == attn.compute_dtype(dtype) and lse.is_contiguous()
+    assert lse.shape == (B, H, Lq) and lse.dtype == reference.compute_dtype(dtype) and lse.is_contiguous()
     do = torch.randn_like(o) if do is None else do
     grads = attn.attention_backward(do, q, k, v, o, lse, seed=seed, deterministic=deterministic, **kw)
 

@@ -25,3 +25,32 @@ def test_conv2d_with_one_element_and_numpy_arguments_matches_f_conv2d():
     x, w = torch.randn(1, 2, 7, 6, dtype=torch.float64), torch.randn(3, 2, 3, 3, dtype=torch.float64)
     for kw in (dict(padding=(1,)), dict(stride=np.int64(2), padding=np.int32(1)), dict(dilation=[2])):
         torch.testing.assert_close(ops.conv2d(x, w, **kw), F.conv2d(x, w, **kw))
+
+
+@pytest.mark.parametrize("kernel, padding, dilation", [
+    ((3, 3), "same", (1, 1)), ((4, 4), "same", (1, 1)), ((4, 3), "same", (2, 1)), ((2, 5), "same", (3, 2)),
+    ((3, 3), "valid", (1, 1)), ((3, 5), 2, (1, 1)), ((3, 3), (0, 2), (2, 1)),
+])
+def test_resolve_padding_gives_f_conv2d_output_sizes(kernel, padding, dilation):
+    """One resolver for F.conv2d's padding forms: normalize_conv_args pads the input with
+    its extra row/column, FusedConv2dBN.output_shape adds it; both give F.conv2d's size."""
+    from fastcnn.nn.fused import FusedConv2dBN
+    from fastcnn.ops.conv2d import resolve_padding
+    x = torch.randn(2, 3, 9, 8)
+    conv = torch.nn.Conv2d(3, 5, kernel, padding=padding, dilation=dilation)
+    want = F.conv2d(x, conv.weight, None, 1, padding, dilation).shape
+    sym, extra = resolve_padding("op", conv.weight.shape, [1, 1], padding, list(dilation))
+    assert len(sym) == len(extra) == 2 and set(extra) <= {0, 1}
+    assert FusedConv2dBN.from_torch(conv).output_shape(x) == want
+    assert ops.conv2d(x, conv.weight, None, 1, padding, dilation).shape == want
+
+
+@pytest.mark.parametrize("padding, stride, match", [
+    ("same", [2, 2], "padding='same' is not supported for strided convolutions"),
+    ("full", [1, 1], "argument 'padding' must be 'same', 'valid', an int or a pair"),
+    (1.5, [1, 1], "argument 'padding' must be an int or a pair of ints"),
+])
+def test_resolve_padding_rejects_the_rest(padding, stride, match):
+    from fastcnn.ops.conv2d import resolve_padding
+    with pytest.raises(ValueError, match=f"op: {match}"):
+        resolve_padding("op", (5, 3, 3, 3), stride, padding, [1, 1])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fastcnn import _ext
 from fastcnn.nn.depthwise import DepthwiseConv2d
 from fastcnn.ops import _cuda_depthwise
-from fastcnn.ops.conv2d import forward_dispatch, input_grad_dispatch, weight_grad_dispatch
+from fastcnn.ops.conv2d import conv2d_op, forward_dispatch, input_grad_dispatch, weight_grad_dispatch
 from fastcnn.ops.depthwise import depthwise_conv2d
 from fastcnn.triton_kernels._common import ACTIVATIONS
 from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, expanded_grad, leaves64, make_input, rel_error
@@ -197,3 +197,44 @@ def test_gpu_cuda_empty_batch_gives_zero_weight_grad():
                                                      [1, 1], [1, 1], [1, 1], 4))
     dw = weight_grad_dispatch("cuda", *args)
     assert dw.shape == (4, 1, 3, 3) and (dw == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_gpu_cuda_epilogue_and_the_fused_ops_that_reach_it(dtype, activation):
+    """The CUDA forward's bias + residual + activation epilogue, through conv2d, then
+    conv_bn_act (eval: folded into it; train: the cuda backend's convolution) and
+    separable_conv2d's depthwise half, with algo='cuda' and no fallback."""
+    from fastcnn import ops
+    from fastcnn.triton_kernels import reference
+    c = 24
+    x = make_input((3, c, 17, 15), dtype=dtype, layout="nhwc")
+    w = (torch.randn(c, 1, 5, 5, device=DEVICE) / 5).to(dtype)
+    b = torch.randn(c, device=DEVICE).to(dtype)
+    res = make_input((3, c, 9, 8), dtype=dtype, layout="noncontig")
+    geo = ([2, 2], [2, 2], [1, 1], c)
+    want = reference.conv2d_forward(x.double(), w.double(), b.double(), res.double(), *geo, activation)
+    gamma, beta = torch.rand(c, device=DEVICE).to(dtype) + 0.5, torch.randn(c, device=DEVICE).to(dtype)
+    wp = (torch.randn(7, c, 1, 1, device=DEVICE) / 5).to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback
+        out = conv2d_op(x, w, b, res, *geo, activation, "cuda")
+        evald = ops.conv_bn_act(x, w, None, gamma, beta, torch.zeros(c, device=DEVICE), torch.ones(c, device=DEVICE),
+                                training=False, stride=2, padding=2, groups=c, activation=activation, algo="cuda")
+        trained = ops.conv_bn_act(x, w, None, gamma, beta, None, None, training=True, stride=2, padding=2,
+                                  groups=c, activation=activation, algo="cuda")
+        sep = ops.separable_conv2d(x, w, wp, b, None, stride=2, padding=2, activation=activation, algo="cuda")
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_error(out, want) <= 2 * GPU_TOL[dtype]
+    x64, w64, g64, b64 = x.double(), w.double(), gamma.double(), beta.double()
+    y64 = F.conv2d(x64, w64, None, 2, 2, 1, c)
+    shift = (1, -1, 1, 1)
+    eval_want = reference.ACTIVATION_FNS[activation](y64 * (g64 / (1 + 1e-5) ** 0.5).view(shift) + b64.view(shift))
+    train_want = reference.ACTIVATION_FNS[activation](
+        F.batch_norm(y64, None, None, g64, b64, training=True, eps=1e-5))
+    sep_want = F.conv2d(reference.ACTIVATION_FNS[activation](F.conv2d(x64, w64, b.double(), 2, 2, 1, c)),
+                        wp.double())
+    assert rel_error(evald, eval_want) <= 4 * GPU_TOL[dtype]
+    assert rel_error(trained, train_want) <= 4 * GPU_TOL[dtype]
+    assert rel_error(sep, sep_want) <= 4 * GPU_TOL[dtype]

@@ -40,13 +40,9 @@ import triton
 import triton.language as tl
 
 from fastcnn.triton_kernels._common import autotune_configs, matmul_dot_precision
+from fastcnn.triton_kernels.reference import compute_dtype
 
 # ----------------------------------------------------------------------------- references
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the computation and of lse: fp64 for fp64, else fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_scale(head_dim: int, scale=None) -> float:

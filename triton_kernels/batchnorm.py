@@ -57,6 +57,7 @@ from fastcnn.triton_kernels._common import (
     interpret_mode,
     memory_format_of,
 )
+from fastcnn.triton_kernels.reference import compute_dtype
 
 
 # ----------------------------------------------------------------------------- index helpers
@@ -362,10 +363,6 @@ def _bn_act_bwd_elementwise_kernel(
 
 # ----------------------------------------------------------------------------- launch helpers
 
-def _compute_dtype(dtype):
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _pixel_strides(t):
     """(sN, sC, sH, sW, flat) of a 4-d tensor; when its H and W collapse into one
     pixel stride (flat), sW is that stride and sH = W * sW."""
@@ -442,7 +439,7 @@ def channel_stats(y):
     from fastcnn.triton_kernels.conv2d import combine_tile_stats
 
     n, c, h, w = y.shape
-    ct = _compute_dtype(y.dtype)
+    ct = compute_dtype(y.dtype)
     if y.numel() == 0:
         nan = torch.full((c,), float("nan"), dtype=ct, device=y.device)
         return nan, nan.clone()
@@ -467,7 +464,7 @@ def bn_act_forward(y, mean, invstd, gamma, beta, residual, activation):
     out = empty_nchw(y, y.shape, memory_format_of(y))
     if out.numel() == 0:
         return out
-    ct = _compute_dtype(y.dtype)
+    ct = compute_dtype(y.dtype)
     has_res = residual is not None
     res = residual if has_res else y
     (ys, rs, os_), flat, tiling = _geometry(y, [y, res, out])
@@ -485,7 +482,7 @@ def bn_act_backward(grad_out, y, mean, invstd, gamma, beta, residual, activation
     sum(dz) and sum(dz * yhat), one elementwise pass for dy and dresidual."""
     n, c, h, w = y.shape
     hw = h * w
-    ct = _compute_dtype(y.dtype)
+    ct = compute_dtype(y.dtype)
     has_res = residual is not None
     fmt = memory_format_of(y)
     dy = empty_nchw(y, y.shape, fmt)

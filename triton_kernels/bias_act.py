@@ -37,10 +37,6 @@ _K0 = tl.constexpr(_SQRT_2_OVER_PI)
 _K1 = tl.constexpr(_GELU_TANH_C)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ----------------------------------------------------------------------------- references
 
 def _torch_activation(z, activation):
@@ -51,7 +47,7 @@ def _torch_activation(z, activation):
 
 def bias_act_reference(x, bias=None, activation="gelu"):
     """act(x + bias) computed in fp32 (fp64 for fp64), returned in x's dtype."""
-    z = x.to(compute_dtype(x.dtype))
+    z = x.to(reference.compute_dtype(x.dtype))
     if bias is not None:
         z = z + bias.to(z.dtype)
     return _torch_activation(z, activation).to(x.dtype)
@@ -68,7 +64,7 @@ def activation_grad_reference(z, activation):
 
 def bias_act_backward_reference(dy, x, bias=None, activation="gelu"):
     """(dx, dbias) in the compute dtype; dbias is None without a bias."""
-    ct = compute_dtype(x.dtype)
+    ct = reference.compute_dtype(x.dtype)
     z = x.to(ct)
     if bias is not None:
         z = z + bias.to(ct)
@@ -208,7 +204,7 @@ def bias_act_backward(dy, x, bias=None, activation="gelu", bias_grad=True):
     """(dx, dbias): dx in x's dtype and shape (contiguous); dbias (N,) in fp32 (fp64
     for fp64), or an empty (0,) without a bias or without ``bias_grad``."""
     n = x.shape[-1]
-    ct = compute_dtype(x.dtype)
+    ct = reference.compute_dtype(x.dtype)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     want_db = bias is not None and bias_grad
     rows = x.numel() // n if n else 0

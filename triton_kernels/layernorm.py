@@ -40,15 +40,11 @@ import triton
 import triton.language as tl
 
 from fastcnn.triton_kernels._common import interpret_mode
+from fastcnn.triton_kernels.reference import compute_dtype
 
 # Widest row held in registers; longer rows are processed in chunks of CHUNK_N.
 MAX_BLOCK_N = 8192
 CHUNK_N = 4096
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the saved mean and rstd (and of the computation): fp64 for fp64, else fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # ----------------------------------------------------------------------------- references
@@ -57,7 +53,7 @@ def layer_norm_reference(x, weight=None, bias=None, eps=1e-5, residual=None):
     """(y, sum, mean, rstd) over the last dim of x, computed in fp32 (fp64 for fp64).
     sum = x + residual in x's dtype (None without a residual); mean, rstd: x.shape[:-1]."""
     h = x if residual is None else x + residual
-    ct = stats_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     hf = h.to(ct)
     var, mean = torch.var_mean(hf, dim=-1, unbiased=False)
     rstd = torch.rsqrt(var + eps)
@@ -319,7 +315,7 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5, residual=None, block
     have x's shape and dtype); mean, rstd: x.shape[:-1] in fp32 (fp64 for fp64).
     weight and bias: (N,), any float dtype."""
     n = x.shape[-1]
-    sdt = stats_dtype(x.dtype)
+    sdt = compute_dtype(x.dtype)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     s = torch.empty_like(y) if residual is not None else x.new_empty((0,))
     mean = torch.empty(x.shape[:-1], dtype=sdt, device=x.device)

@@ -42,14 +42,10 @@ import triton
 import triton.language as tl
 
 from fastcnn.triton_kernels._common import autotune_configs, empty_nchw, memory_format_of
+from fastcnn.triton_kernels.reference import compute_dtype
 
 
 # ----------------------------------------------------------------------------- references
-
-def scale_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the saved scale (and of the computation): fp64 for fp64, else fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _window_sum(t, size, within, mirrored=False):
     """Zero-padded window sum of ``t`` (N, C, H, W) over the LRN window (or its
@@ -67,7 +63,7 @@ def _window_sum(t, size, within, mirrored=False):
 
 def lrn_scale_reference(x, size, alpha, k, within=False):
     """scale = k + alpha' * window_sum(x^2) in fp32 (fp64 for fp64)."""
-    xf = x.to(scale_dtype(x.dtype))
+    xf = x.to(compute_dtype(x.dtype))
     area = size * size if within else size
     return _window_sum(xf * xf, size, within).mul_(alpha / area).add_(k)
 
@@ -227,7 +223,7 @@ def lrn_forward(x, size, alpha, beta, k, within=False, save_scale=True):
     n, c, h, w = x.shape
     fmt = memory_format_of(x)
     y = empty_nchw(x, x.shape, fmt)
-    sdt = scale_dtype(x.dtype)
+    sdt = compute_dtype(x.dtype)
     scale = empty_nchw(x, x.shape, fmt, dtype=sdt) if save_scale else x.new_empty((0,), dtype=sdt)
     if x.numel() == 0:
         return y, scale

@@ -35,7 +35,10 @@ def activation_grad(z, activation):
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
+    """The dtype every op computes in and keeps its saved statistics in (BatchNorm's
+    mean / var, LayerNorm's mean / rstd, LRN's scale, attention's lse): fp64 for fp64,
+    else fp32. The one definition: kernels, wrappers and tests all call this."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def conv2d_forward(x, w, bias, residual, stride, padding, dilation, groups, activation="none"):

@@ -3,6 +3,7 @@ import torch
 
 from fastcnn import ops
 from fastcnn.nn.conv import Conv2d
+from fastcnn.ops.conv2d import resolve_padding
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 from fastcnn.triton_kernels.reference import ACTIVATION_FNS
 
@@ -86,11 +87,11 @@ class FusedConv2dBN(Conv2d):
 
     def output_shape(self, x):
         x, padding = self.padded_input(x)
-        if padding == "same":  # nn.Conv2d allows it at stride 1 only: the size is the input's
-            return torch.Size((x.shape[0], self.out_channels, *x.shape[2:]))
-        padding = (0, 0) if padding == "valid" else padding
-        padding = padding if not isinstance(padding, int) else (padding, padding)
-        return torch.Size(conv_output_shape(x.shape, self.weight.shape, self.stride, padding, self.dilation))
+        padding, extra = resolve_padding(f"fastcnn.nn.{type(self).__name__}", self.weight.shape, self.stride, padding,
+                                         self.dilation)
+        n, c, h, w = x.shape
+        return torch.Size(conv_output_shape((n, c, h + extra[0], w + extra[1]), self.weight.shape, self.stride,
+                                            padding, self.dilation))
 
     def extra_repr(self):
         return super().extra_repr() + f", fused with BatchNorm2d, activation={self.activation!r}"

@@ -6,7 +6,7 @@ import torch
 
 from fastcnn import _ext
 from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
-from fastcnn.triton_kernels.lrn import scale_dtype
+from fastcnn.triton_kernels.reference import compute_dtype
 
 OP = "fastcnn.local_response_norm"
 CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -37,7 +37,7 @@ def lrn_forward(x, size, alpha, beta, k, within, save_scale):
     mod = _ext._require_module(OP)
     fmt = memory_format_of(x)
     y = empty_nchw(x, x.shape, fmt)
-    sdt = scale_dtype(x.dtype)
+    sdt = compute_dtype(x.dtype)
     scale = empty_nchw(x, x.shape, fmt, dtype=sdt) if save_scale else x.new_empty((0,), dtype=sdt)
     if x.numel() == 0:
         return y, scale
@@ -58,7 +58,7 @@ def lrn_backward(dy, x, y, scale, size, alpha, beta, k, within):
     for name, t in (("grad_output", dy), ("output", y), ("scale", scale)):
         _check(name, t, x)
     dy, y = dy.to(x.dtype), y.to(x.dtype)
-    scale = scale.to(scale_dtype(x.dtype))
+    scale = scale.to(compute_dtype(x.dtype))
     dx = empty_nchw(x, x.shape, memory_format_of(x))
     if x.numel() == 0:
         return dx

@@ -31,6 +31,7 @@ from fastcnn.ops._checks import autocast, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import attention as attn_kernels
 from fastcnn.triton_kernels._common import interpret_mode
+from fastcnn.triton_kernels.reference import compute_dtype
 
 OP = "fastcnn.attention"
 
@@ -38,12 +39,8 @@ forward_dispatch = OpDispatcher(OP)
 backward_dispatch = OpDispatcher("fastcnn.attention_backward")
 
 
-def _lse_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _empty_lse(q):
-    return q.new_empty((0,), dtype=_lse_dtype(q.dtype))
+    return q.new_empty((0,), dtype=compute_dtype(q.dtype))
 
 
 def keep_mask(seed, dropout_p, q, k):
@@ -126,7 +123,7 @@ def _cudnn_backward(do, q, k, v, out, lse, mask, causal, scale, dropout_p, seed,
 
 def _lse_chunked(q, k, mask, causal, scale, rows=1024):
     """The scores' log-sum-exp computed in query chunks (bounded memory)."""
-    lse = torch.empty(q.shape[:3], dtype=_lse_dtype(q.dtype), device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=compute_dtype(q.dtype), device=q.device)
     for start in range(0, q.shape[2], rows):
         stop = min(start + rows, q.shape[2])
         s = torch.matmul(q[:, :, start:stop].to(lse.dtype), k.to(lse.dtype).transpose(-1, -2)) * scale
@@ -176,13 +173,13 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], causal
     # deterministic is for the backward (setup_context keeps it); the forward is
     # deterministic anyway.
     out, lse = forward_dispatch(algo, q, k, v, mask, causal, scale, dropout_p, seed, save_lse)
-    lse = lse.to(_lse_dtype(q.dtype)).contiguous() if save_lse else _empty_lse(q)
+    lse = lse.to(compute_dtype(q.dtype)).contiguous() if save_lse else _empty_lse(q)
     return out.to(q.dtype).contiguous(), lse
 
 
 @attention_op.register_fake
 def _(q, k, v, mask, causal, scale, dropout_p, seed, deterministic, save_lse, algo):
-    lse = q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype)) if save_lse else _empty_lse(q)
+    lse = q.new_empty(q.shape[:3], dtype=compute_dtype(q.dtype)) if save_lse else _empty_lse(q)
     return q.new_empty(_out_shape(q, v)), lse
 
 

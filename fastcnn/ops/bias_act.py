@@ -22,6 +22,7 @@ from torch import Tensor
 from fastcnn.ops._checks import check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import bias_act as ba_kernels
+from fastcnn.triton_kernels.reference import compute_dtype
 
 OP = "fastcnn.bias_act"
 ACTIVATION_NAMES = tuple(ba_kernels.BIAS_ACTIVATIONS)
@@ -33,7 +34,7 @@ backward_dispatch = OpDispatcher("fastcnn.bias_act_backward")
 # ----------------------------------------------------------------------------- backends
 
 def _empty(x):
-    return x.new_empty((0,), dtype=ba_kernels.compute_dtype(x.dtype))
+    return x.new_empty((0,), dtype=compute_dtype(x.dtype))
 
 
 def _triton_forward(x, bias, activation):
@@ -53,7 +54,7 @@ def _aten_backward(dy, x, bias, activation, bias_grad):
     with autograd_inside_op():
         xx = x.detach().requires_grad_()
         (dx,) = torch.autograd.grad(_aten_forward(xx, bias, activation), xx, dy)
-    db = dx.to(ba_kernels.compute_dtype(x.dtype)).sum(tuple(range(x.dim() - 1)))
+    db = dx.to(compute_dtype(x.dtype)).sum(tuple(range(x.dim() - 1)))
     return dx, (db if bias is not None and bias_grad else _empty(x))
 
 
@@ -100,13 +101,13 @@ def bias_act_backward_op(grad_output: Tensor, input: Tensor, bias: Optional[Tens
                          bias_grad: bool, algo: str) -> Tuple[Tensor, Tensor]:
     dx, db = backward_dispatch(algo, grad_output, input, bias, activation, bias_grad)
     want_db = bias is not None and bias_grad
-    return dx.to(input.dtype).contiguous(), (db.to(ba_kernels.compute_dtype(input.dtype)) if want_db
+    return dx.to(input.dtype).contiguous(), (db.to(compute_dtype(input.dtype)) if want_db
                                              else _empty(input))
 
 
 @bias_act_backward_op.register_fake
 def _(grad_output, input, bias, activation, bias_grad, algo):
-    ct = ba_kernels.compute_dtype(input.dtype)
+    ct = compute_dtype(input.dtype)
     want_db = bias is not None and bias_grad
     return input.new_empty(input.shape), input.new_empty((input.shape[-1] if want_db else 0,), dtype=ct)
 

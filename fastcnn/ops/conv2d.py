@@ -34,6 +34,23 @@ weight_grad_dispatch = OpDispatcher("fastcnn.conv2d_weight_grad")
 
 # ----------------------------------------------------------------------------- checks
 
+def resolve_padding(op, weight_shape, stride, padding, dilation):
+    """(padding, extra): F.conv2d's padding argument (an int, a pair, 'same' or
+    'valid') as a symmetric pair, plus the one extra row / column (0 or 1 per
+    dimension) that an even total 'same' padding puts at the bottom / right, as
+    PyTorch does. stride and dilation are pairs."""
+    if not isinstance(padding, str):
+        return pair(op, "padding", padding, 0), [0, 0]
+    if padding == "valid":
+        return [0, 0], [0, 0]
+    if padding != "same":
+        raise ValueError(f"{op}: argument 'padding' must be 'same', 'valid', an int or a pair, got {padding!r}")
+    if list(stride) != [1, 1]:
+        raise ValueError(f"{op}: padding='same' is not supported for strided convolutions")
+    total = [d * (s - 1) for d, s in zip(dilation, weight_shape[2:])]
+    return [t // 2 for t in total], [t % 2 for t in total]
+
+
 def normalize_conv_args(op, input, weight, bias, stride, padding, dilation, groups):
     """Check F.conv2d's arguments; return (input, stride, padding, dilation) with
     'same'/'valid' resolved to explicit symmetric padding. Odd total 'same' padding
@@ -55,21 +72,9 @@ def normalize_conv_args(op, input, weight, bias, stride, padding, dilation, grou
         raise ValueError(f"{op}: argument 'bias' has {bias.shape[0]} elements, expected {k}")
     stride = pair(op, "stride", stride, 1)
     dilation = pair(op, "dilation", dilation, 1)
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = [0, 0]
-        elif padding == "same":
-            if stride != [1, 1]:
-                raise ValueError(f"{op}: padding='same' is not supported for strided convolutions")
-            total = [d * (s - 1) for d, s in zip(dilation, weight.shape[2:])]
-            padding = [t // 2 for t in total]
-            extra = [t % 2 for t in total]
-            if any(extra):
-                input = F.pad(input, [0, extra[1], 0, extra[0]])
-        else:
-            raise ValueError(f"{op}: argument 'padding' must be 'same', 'valid', an int or a pair, got {padding!r}")
-    else:
-        padding = pair(op, "padding", padding, 0)
+    padding, extra = resolve_padding(op, weight.shape, stride, padding, dilation)
+    if any(extra):
+        input = F.pad(input, [0, extra[1], 0, extra[0]])
     out = conv_output_shape(input.shape, weight.shape, stride, padding, dilation)
     if out[2] < 1 or out[3] < 1:
         raise ValueError(f"{op}: argument 'input' of spatial size {tuple(input.shape[2:])} is too small for "

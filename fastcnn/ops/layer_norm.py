@@ -28,6 +28,7 @@ from torch import Tensor
 from fastcnn.ops._checks import check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import layernorm as ln_kernels
+from fastcnn.triton_kernels.reference import compute_dtype
 
 OP = "fastcnn.layer_norm"
 
@@ -57,7 +58,7 @@ def _aten_forward(x, residual, weight, bias, eps):
     h = x if residual is None else x + residual
     cast = (lambda t: t if t is None else t.to(x.dtype))
     y, mean, rstd = torch.native_layer_norm(h, h.shape[-1:], cast(weight), cast(bias), eps)
-    sdt = ln_kernels.stats_dtype(x.dtype)
+    sdt = compute_dtype(x.dtype)
     return y, (_empty(x) if residual is None else h), mean.reshape(x.shape[:-1]).to(sdt), \
         rstd.reshape(x.shape[:-1]).to(sdt)
 
@@ -124,7 +125,7 @@ def layer_norm_op(input: Tensor, residual: Optional[Tensor], weight: Optional[Te
     w = weight.reshape(n) if weight is not None else None
     b = bias.reshape(n) if bias is not None else None
     y, s, mean, rstd = forward_dispatch(algo, x, res, w, b, eps)
-    sdt = ln_kernels.stats_dtype(input.dtype)
+    sdt = compute_dtype(input.dtype)
     # Every backend returns the layout and dtypes the fake kernel promises.
     y = y.to(input.dtype).reshape(input.shape).contiguous()
     s = s.to(input.dtype).reshape(input.shape).contiguous() if residual is not None else _empty(input)
@@ -134,7 +135,7 @@ def layer_norm_op(input: Tensor, residual: Optional[Tensor], weight: Optional[Te
 @layer_norm_op.register_fake
 def _(input, residual, weight, bias, norm_dims, eps, algo):
     lead, _ = _rows_shape(input, norm_dims)
-    sdt = ln_kernels.stats_dtype(input.dtype)
+    sdt = compute_dtype(input.dtype)
     s = input.new_empty(input.shape) if residual is not None else _empty(input)
     return input.new_empty(input.shape), s, input.new_empty(lead, dtype=sdt), input.new_empty(lead, dtype=sdt)
 

@@ -20,6 +20,7 @@ from fastcnn.ops._checks import check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import lrn as lrn_kernels
 from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
+from fastcnn.triton_kernels.reference import compute_dtype
 
 OP = "fastcnn.local_response_norm"
 
@@ -30,7 +31,7 @@ backward_dispatch = OpDispatcher("fastcnn.local_response_norm_backward")
 # ----------------------------------------------------------------------------- backends
 
 def _empty_scale(x):
-    return x.new_empty((0,), dtype=lrn_kernels.scale_dtype(x.dtype))
+    return x.new_empty((0,), dtype=compute_dtype(x.dtype))
 
 
 def _triton_forward(x, size, alpha, beta, k, within, save_scale):
@@ -95,7 +96,7 @@ def _like_input(t, x, dtype=None):
 def local_response_norm_op(input: Tensor, size: int, alpha: float, beta: float, k: float,
                            within_channel: bool, save_scale: bool, algo: str) -> Tuple[Tensor, Tensor]:
     y, scale = forward_dispatch(algo, input, size, alpha, beta, k, within_channel, save_scale)
-    sdt = lrn_kernels.scale_dtype(input.dtype)
+    sdt = compute_dtype(input.dtype)
     scale = _like_input(scale, input, sdt) if save_scale else _empty_scale(input)
     return _like_input(y, input), scale
 
@@ -103,7 +104,7 @@ def local_response_norm_op(input: Tensor, size: int, alpha: float, beta: float, 
 @local_response_norm_op.register_fake
 def _(input, size, alpha, beta, k, within_channel, save_scale, algo):
     fmt = memory_format_of(input)
-    sdt = lrn_kernels.scale_dtype(input.dtype)
+    sdt = compute_dtype(input.dtype)
     scale = empty_nchw(input, input.shape, fmt, dtype=sdt) if save_scale else _empty_scale(input)
     return empty_nchw(input, input.shape, fmt), scale
 
