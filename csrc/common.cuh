@@ -105,6 +105,8 @@ inline bool offsets_fit_int32(index_t n, index_t c, index_t h, index_t w, const 
   } while (0)
 
 #if defined(__CUDACC__)
+#include <cmath>
+
 #define FASTCNN_HOST_DEVICE __host__ __device__ __forceinline__
 #define FASTCNN_DEVICE __device__ __forceinline__
 
@@ -216,22 +218,19 @@ struct Strides4 {
 // ---- epilogue activations (codes: Act above)
 // Applied in the accumulator type; relu / relu6 are fmax / fmin, as tl.maximum /
 // tl.minimum in the Triton epilogue.
-FASTCNN_DEVICE float activate(float z, int act) {
+// One body for float and double: the std:: overloads pick fmaxf / expf / erff for
+// float (device overloads under nvcc, <cmath>'s in the host emulation).
+template <typename A>
+FASTCNN_DEVICE A activate(A z, int act) {
+  using std::erf;
+  using std::exp;
+  using std::fmax;
+  using std::fmin;
   switch (act) {
-    case kRelu: return fmaxf(z, 0.f);
-    case kRelu6: return fminf(fmaxf(z, 0.f), 6.f);
-    case kSilu: return z / (1.f + expf(-z));
-    case kGelu: return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));
-    default: return z;
-  }
-}
-
-FASTCNN_DEVICE double activate(double z, int act) {
-  switch (act) {
-    case kRelu: return fmax(z, 0.0);
-    case kRelu6: return fmin(fmax(z, 0.0), 6.0);
-    case kSilu: return z / (1.0 + exp(-z));
-    case kGelu: return 0.5 * z * (1.0 + erf(z * 0.70710678118654752440));
+    case kRelu: return fmax(z, A(0));
+    case kRelu6: return fmin(fmax(z, A(0)), A(6));
+    case kSilu: return z / (A(1) + exp(-z));
+    case kGelu: return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752440)));
     default: return z;
   }
 }
