@@ -199,3 +199,39 @@ def test_same_padding_conv_with_residual_is_fused(training):
     x = make_input((2, 6, 9, 7))
     ref = copy.deepcopy(plain).double()(x.double())
     assert_close(converted(x), ref, torch.float32, factor=10)
+
+
+@pytest.mark.parametrize("root, twin_type", [(tnn.Conv2d(3, 4, 3), fnn.Conv2d), (tnn.LayerNorm(6), fnn.LayerNorm),
+                                             (tnn.MultiheadAttention(8, 2), fnn.MultiheadSelfAttention)])
+def test_a_swappable_root_is_replaced(root, twin_type):
+    twin = fnn.convert(root, algo="triton")
+    assert type(twin) is twin_type and twin.algo == "triton"
+    assert all(a is b for a, b in zip(twin.parameters(), root.parameters()))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", tnn.GELU(approximate="tanh")])
+@pytest.mark.parametrize("training", [False, True])
+def test_transformer_encoder_layer_feed_forward_is_fused(activation, training):
+    """TransformerEncoderLayer does not trace with fx: convert fuses linear1 -> activation
+    by hand and turns off torch's inference fast path (which would run none of
+    fastcnn's modules); outputs and gradients stay torch's."""
+    torch.manual_seed(0)
+    plain = tnn.TransformerEncoderLayer(16, 2, 24, dropout=0.0, activation=activation, batch_first=True,
+                                        norm_first=True).to(DEVICE).train(training)
+    converted = fnn.convert(copy.deepcopy(plain), algo="triton")
+    ref = copy.deepcopy(plain).double()
+    want_act = activation if isinstance(activation, str) else "gelu_tanh"
+    assert type(converted.linear1) is fnn.Linear and converted.linear1.activation == want_act
+    assert type(converted.self_attn) is fnn.MultiheadSelfAttention
+    assert converted.state_dict().keys() == plain.state_dict().keys()
+    x = make_input((2, 9, 16))
+    pad = torch.zeros(2, 9, dtype=torch.bool, device=DEVICE)
+    pad[1, 6:] = True
+    with torch.no_grad():  # the fast path's conditions (eval, no grad) for the plain layer
+        assert_close(converted(x, src_key_padding_mask=pad), ref(x.double(), src_key_padding_mask=pad),
+                     torch.float32, factor=10)
+    out, want = converted(x), ref(x.double())
+    assert_close(out, want, torch.float32, factor=10)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), list(converted.parameters())),
+                    torch.autograd.grad(want.square().sum(), list(ref.parameters()))):
+        assert_close(a, b, torch.float32, factor=10)

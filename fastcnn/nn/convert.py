@@ -9,7 +9,11 @@
    a chain is fused only when every intermediate value has a single user and each
    module of it is called once. The module then runs the rewritten graph (its class, attributes
    and state_dict keys stay as they were). A module that cannot be traced keeps its
-   forward; its children are still converted.
+   forward; its children are still converted. torch.nn.TransformerEncoderLayer, whose
+   forward does not trace, has its feed-forward fused by hand (_fuse_encoder_layer).
+
+A model that is itself one of the SWAPS types is replaced, not changed: use the
+returned module.
 """
 import operator
 
@@ -42,36 +46,49 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
 
 
 def convert(model: torch.nn.Module, fuse: bool = True, algo: str = "auto") -> torch.nn.Module:
-    """Convert ``model`` in place (and return it). ``algo`` is given to every
-    fastcnn module; ``fuse=False`` only swaps modules."""
-    _swap_modules(model, algo)
+    """Convert ``model`` in place and return it (or its twin, where ``model`` itself
+    is a SWAPS type). ``algo`` is given to every fastcnn module; ``fuse=False`` only
+    swaps modules."""
+    model = _swapped(model, algo)
     if fuse:
         for module in list(model.modules()):
-            if module.__class__ not in FASTCNN_MODULES and not isinstance(module, FusedConv2dBN):
+            if type(module) is torch.nn.TransformerEncoderLayer:
+                _fuse_encoder_layer(module, algo)
+            elif module.__class__ not in FASTCNN_MODULES and not isinstance(module, FusedConv2dBN):
                 _fuse_children(module, algo)
     return model
 
 
-def _swap_modules(module, algo):
+def _swapped(module, algo):
+    """``module``'s fastcnn twin (sharing its parameters), or ``module`` itself with
+    its descendants swapped."""
+    if type(module) in SWAPS:
+        return SWAPS[type(module)].from_torch(module, algo=algo)
+    if isinstance(module, tuple(SWAPS.values())):
+        module.algo = algo
+        return module
     for name, child in module.named_children():
-        if type(child) in SWAPS:
-            setattr(module, name, SWAPS[type(child)].from_torch(child, algo=algo))
-        elif isinstance(child, tuple(SWAPS.values())):
-            child.algo = algo
-        else:
-            _swap_modules(child, algo)
+        twin = _swapped(child, algo)
+        if twin is not child:
+            setattr(module, name, twin)
+    return module
+
+
+def _activation_name(fn, approximate="none"):
+    """The fused-op name of an activation module or function (``approximate``: the
+    gelu call's keyword), or None."""
+    if type(fn) is torch.nn.GELU:
+        approximate = fn.approximate
+    elif fn is not F.gelu:
+        return ACT_MODULES.get(type(fn)) or ACT_FUNCTIONS.get(fn)
+    return {"none": "gelu", "tanh": "gelu_tanh"}.get(approximate)
 
 
 def _activation_of(node, modules):
     if node.op == "call_module":
-        m = modules[node.target]
-        if type(m) is torch.nn.GELU:
-            return {"none": "gelu", "tanh": "gelu_tanh"}.get(m.approximate)
-        return ACT_MODULES.get(type(m))
+        return _activation_name(modules[node.target])
     if node.op == "call_function" and node.target in ACT_FUNCTIONS:
-        if node.target is torch.nn.functional.gelu:
-            return {"none": "gelu", "tanh": "gelu_tanh"}.get(node.kwargs.get("approximate", "none"))
-        return ACT_FUNCTIONS[node.target]
+        return _activation_name(node.target, node.kwargs.get("approximate", "none"))
     if node.op == "call_method" and node.target in ACT_METHODS:
         return ACT_METHODS[node.target]
     return None
@@ -155,3 +172,18 @@ def _fuse_linear_act(module, graph, modules, linear_node, algo):
     linear = modules[linear_node.target]
     fused = Linear.from_torch(linear, activation=activation, algo=algo)
     return _replace_chain(module, graph, [linear_node, act_node], linear_node.target, fused, linear_node.args)
+
+
+def _fuse_encoder_layer(layer, algo):
+    """torch.nn.TransformerEncoderLayer: fx cannot trace its forward (its fast-path
+    checks call functions on the masks), so linear1 -> activation is fused here. Its
+    inference fast path (one ATen kernel over the raw weights) would bypass every
+    fastcnn module; clearing ``activation_relu_or_gelu`` is the switch torch itself
+    reads to turn that path off."""
+    activation = _activation_name(layer.activation)
+    if getattr(layer, "_fastcnn_fused", False) or activation is None or type(layer.linear1) is not torch.nn.Linear:
+        return
+    layer.linear1 = Linear.from_torch(layer.linear1, activation=activation, algo=algo)
+    layer.activation = torch.nn.Identity()
+    layer.activation_relu_or_gelu = 0
+    layer._fastcnn_fused = True
