@@ -1,8 +1,8 @@
-"""The classic architectures of the zoo (LeNet-5 to FractalNet) and
-``fastcnn.models.summary``: published parameter counts, output shapes, a training
-step through every model, fastcnn kernels (Triton, interpreted on CPU) against the
-reference backend on tiny configurations covering every block kind, and
-``fastcnn.nn.convert`` leaving every model unchanged."""
+"""The classic architectures of the zoo (LeNet-5 to FractalNet): published parameter
+counts, output shapes, AlexNet's LRN, a training step through every model, fastcnn
+kernels (Triton, interpreted on CPU) against the reference backend on tiny
+configurations covering every block kind, and ``fastcnn.nn.convert`` leaving every
+model (of the whole zoo) unchanged. ``fastcnn.models.summary``: tests/test_summary.py."""
 import copy
 import random
 
@@ -168,6 +168,22 @@ def test_torchvision_state_dict_names():
         assert "features.21.branch2_3b.conv.weight" in M.create("inception_v4").state_dict()
 
 
+@pytest.mark.parametrize("name", ["alexnet_v1", "zfnet", "vgg11_lrn"])
+def test_lrn_is_the_papers(name):
+    """Krizhevsky et al. 2012, Sec. 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta,
+    k=2, n=5, alpha=1e-4, beta=0.75, the sum NOT divided by n. torch's (and fastcnn's)
+    alpha is divided by the size, so the module holds 1e-4 * 5."""
+    with torch.device("meta"):
+        lrns = [m for m in M.create(name).modules() if isinstance(m, nn.LocalResponseNorm)]
+    assert lrns and all((m.size, m.alpha, m.beta, m.k) == (5, 1e-4 * 5, 0.75, 2.0) for m in lrns)
+    x = torch.randn(2, 7, 3, 3, dtype=torch.float64) * 30  # large enough for alpha to matter
+    sq = x * x
+    window = torch.stack([sq[:, max(0, i - 2):i + 3].sum(1) for i in range(7)], 1)  # clipped at the edges
+    paper = x / (2.0 + 1e-4 * window) ** 0.75
+    lrn = fastcnn.nn.LocalResponseNorm(lrns[0].size, lrns[0].alpha, lrns[0].beta, lrns[0].k, algo="reference")
+    assert torch.allclose(lrn(x), paper, rtol=1e-12)
+
+
 # a training step through every model, at a small input (reference backend);
 # Inception-v3's auxiliary classifier needs Mixed_6e's 17x17 output: 299x299 input
 TRAIN_SIZE = {"lenet5": (1, 32, 32), "nin_cifar": (3, 32, 32), "fractalnet20": (3, 32, 32),
@@ -195,10 +211,26 @@ def test_forward_backward(name):
         assert not missing or name == "fractalnet20", missing
 
 
-@pytest.mark.parametrize("name", CLASSIC)
-def test_convert_changes_nothing(name):
+ZOO_VARIANTS = [(name, {}) for name in M.list_models()] + [("lenet5", {"activation": "relu"})]
+
+
+@pytest.mark.parametrize("name, config", ZOO_VARIANTS, ids=[f"{n}{'-' if c else ''}{'-'.join(map(str, c.values()))}"
+                                                            for n, c in ZOO_VARIANTS])
+def test_convert_changes_no_module_of_any_zoo_model(name, config):
+    """Every registered model (built on the meta device: no memory, no forward)."""
+    with torch.device("meta"):
+        model = M.create(name, **config)
+    types = [(n, type(m)) for n, m in model.named_modules()]
+    assert fastcnn.nn.convert(model) is model
+    assert [(n, type(m)) for n, m in model.named_modules()] == types
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+@pytest.mark.parametrize("name, config", [(n, {}) for n in CLASSIC] + [("lenet5", {"activation": "relu"})],
+                         ids=CLASSIC + ["lenet5-relu"])
+def test_convert_changes_nothing(name, config):
     # (Inception-v3 without its aux classifier, which needs a 299x299 input, to save time)
-    config, size = ({"aux_logits": False}, (3, 107, 107)) if name == "inception_v3" else ({}, TRAIN_SIZE.get(name))
+    config, size = ({"aux_logits": False}, (3, 107, 107)) if name == "inception_v3" else (config, TRAIN_SIZE.get(name))
     model = build(name, **config)
     x = torch.randn(2, *(size or (3, 32, 32)), device=DEVICE)
     converted = fastcnn.nn.convert(copy.deepcopy(model), algo="reference")
@@ -332,40 +364,3 @@ def test_triton_matches_reference(case):
         for k in sr:
             if "running" in k:
                 assert_close(st[k], sr[k].double(), factor=20, what=f"{name} {k}")
-
-
-# ---------------------------------------------------------------- summary
-
-def test_summary_vgg16(capsys):
-    s = M.summary("vgg16", (3, 224, 224))
-    printed = capsys.readouterr().out
-    assert "138,357,544" in printed and "features.28" in printed and "classifier.6" in printed
-    assert s.params == 138_357_544
-    # The course notes' VGG-16 table: input 150,528; conv outputs 3.2M, 3.2M, pool 0.8M,
-    # 1.6M, 1.6M, 0.4M, 3 x 0.8M, 0.2M, 3 x 0.4M, 0.1M, 3 x 0.1M, 25K, FC 4096, 4096, 1000.
-    # Those entries sum to 15.24M (the notes' "TOTAL memory: 24M" line does not match
-    # their own entries); our count adds torchvision's 7x7 adaptive avgpool (25,088).
-    notes = (150_528 + 2 * 3_211_264 + 802_816 + 2 * 1_605_632 + 401_408 + 3 * 802_816 + 200_704
-             + 3 * 401_408 + 100_352 + 3 * 100_352 + 25_088 + 4096 + 4096 + 1000)
-    assert s.activations == notes + 25_088 == 15_262_696
-    assert s.activation_bytes == 4 * s.activations
-    # every layer's output: + the 13 conv ReLUs, 2 FC ReLUs and 2 Dropouts
-    conv_outputs = 2 * 3_211_264 + 2 * 1_605_632 + 3 * 802_816 + 3 * 401_408 + 3 * 100_352
-    assert s.activations_all == s.activations + conv_outputs + 4 * 4096 == 28_826_600
-    assert s.macs == 15_470_264_320 and s.flops == 2 * s.macs  # 15.5 GMACs, as torchvision lists
-    convs = [r for r in s.rows if r.kind == "Conv2d"]
-    assert len(convs) == 13 and convs[0].output_shape == (1, 64, 224, 224) and convs[0].params == 1792
-    assert convs[0].macs == 224 * 224 * 64 * 27
-
-
-def test_summary_sees_fused_layers_and_restores_model():
-    model = M.create("densenet121", algo="reference")
-    s = M.summary(model, (3, 64, 64), batch_size=2, print_table=False)
-    assert s.params == 7_978_856
-    kinds = {r.kind for r in s.rows}
-    assert {"Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d", "Linear"} <= kinds
-    assert sum(r.kind == "Conv2d" for r in s.rows) == 120  # 1 + 2 x 58 + 3 transitions
-    assert all(m.fuse_conv_bn for m in model.modules() if hasattr(m, "fuse_conv_bn")) and model.training
-    s = M.summary("googlenet", (3, 224, 224), print_table=False, aux_logits=False)
-    assert s.params == 6_624_904 and abs(s.macs / 1e9 - 1.50) < 0.01  # torchvision: 1.50 GFLOPS (MACs)
-    assert {r.kind for r in s.rows} >= {"ConvBNAct", "MaxPool2d", "Linear"}

@@ -1,15 +1,23 @@
 """Small building blocks shared by the zoo's families: fused Conv-BN-activation
 sequences with torchvision's key layout, squeeze-and-excitation, make_divisible,
-stochastic depth, channel shuffle, LayerNorm over channels.
+stochastic depth, channel shuffle, LayerNorm over channels, AlexNet's LRN.
 
 Every module here that owns a ``fastcnn.nn.Conv2d`` followed by a BatchNorm2d calls
 the fused op ``fastcnn.ops.conv_bn_act`` itself (through
 ``fastcnn.nn.fused.conv_bn_act_forward``) and carries ``_fastcnn_fused = True``, so
-``fastcnn.nn.convert`` leaves it alone: converting a zoo model changes nothing."""
+``fastcnn.nn.convert`` leaves it alone: converting a zoo model changes nothing.
+
+Fused ops take the submodules' tensors without calling the submodules, so forward
+hooks on them never fire. Inside ``with unfused():`` every zoo block calls its conv
+and BN modules (and its activation modules, where it has them) one by one instead,
+the same math: that is how ``fastcnn.models.summary`` sees each layer."""
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastcnn.nn import Conv2d, LayerNorm
+from fastcnn.nn import Conv2d, LayerNorm, LocalResponseNorm
 from fastcnn.nn.fused import conv_bn_act_forward
 
 # activation name (as fastcnn.ops.conv_bn_act takes it) -> torch module
@@ -34,9 +42,43 @@ def make_divisible(v, divisor=8, min_value=None):
     return new_v
 
 
+_ACT_FUNCTIONS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
+_unfused = False
+
+
+@contextlib.contextmanager
+def unfused():
+    """Within this block, zoo blocks run module by module instead of as fused ops."""
+    global _unfused
+    previous, _unfused = _unfused, True
+    try:
+        yield
+    finally:
+        _unfused = previous
+
+
+def is_unfused():
+    return _unfused
+
+
 def fused(conv, bn, x, residual=None, activation="relu"):
-    """act(bn(conv(x)) + residual) as one fastcnn op on existing submodules."""
+    """act(bn(conv(x)) + residual) as one fastcnn op on existing submodules; under
+    ``unfused()`` conv and bn are called as modules and the activation (a name) as a
+    function."""
+    if _unfused:
+        x = bn(conv(x))
+        return _ACT_FUNCTIONS[activation](x if residual is None else x + residual)
     return conv_bn_act_forward(conv, bn, x, residual, activation)
+
+
+def alexnet_lrn(algo="auto"):
+    """AlexNet's response normalisation (Krizhevsky et al. 2012, Sec. 3.3), also used
+    by VGG A-LRN and ZFNet: b = a / (k + alpha * sum(a^2 over n adjacent channels))^beta
+    with k=2, n=5, alpha=1e-4, beta=0.75. torch.nn.LocalResponseNorm (and fastcnn's)
+    divides its alpha by n, so the paper's alpha is passed as alpha * n. (Caffe also
+    divides by n: bvlc_alexnet's alpha=1e-4, k=1 normalise less than the paper.)"""
+    n, alpha = 5, 1e-4
+    return LocalResponseNorm(n, alpha=alpha * n, beta=0.75, k=2.0, algo=algo)
 
 
 class FusedSequential(nn.Sequential):
@@ -44,13 +86,12 @@ class FusedSequential(nn.Sequential):
     executed as single fused ops; other modules run as they are. Same state_dict keys
     as the plain nn.Sequential (torchvision's layout for downsample branches,
     ShuffleNetV2 branches, ...). ``residual`` is added (before the activation) in the
-    last run, which must then end the sequence. ``fuse_conv_bn = False`` calls the
-    children one by one (``fastcnn.models.summary`` does, so its per-layer hooks fire)."""
+    last run, which must then end the sequence. Under ``unfused()`` the children run
+    one by one."""
     _fastcnn_fused = True  # fastcnn.nn.convert: this forward is fused already, do not re-trace
-    fuse_conv_bn = True
 
     def forward(self, x, residual=None):
-        if not self.fuse_conv_bn:  # the same math, one child at a time
+        if _unfused:  # the same math, one child at a time
             mods = list(self)
             last_act = residual is not None and act_name(mods[-1]) is not None
             for m in mods[:-1] if last_act else mods:

@@ -3,29 +3,36 @@ activations and their memory, parameters, FLOPs) and its totals.
 
 Counting rules (all per image, i.e. divided by the batch size):
 
-- A *layer* is a leaf module (no children) or a fused fastcnn ConvBNAct (conv + BN +
-  activation, one row). Forward hooks record each call, so a layer called twice gives
-  two rows. Modules whose forward fuses Conv2d -> BatchNorm2d -> ReLU children into one
-  op (``fuse_conv_bn``) are run unfused for the summary so that every child is seen.
-  Tensor functions called inside a module's forward (torch.cat, F.relu...) are not
+- A *layer* is a leaf module (no children), a fused fastcnn ConvBNAct (conv + BN +
+  activation, one row) or a multi-head attention (its ``out_proj`` child is part of
+  its row). Forward hooks record each call, so a layer called twice gives two rows.
+  The model runs under ``fastcnn.models._layers.unfused()``, so zoo blocks that
+  otherwise hand their Conv2d/BatchNorm2d children to one fused op call them as
+  modules and every child is seen. Tensor functions called inside a module's
+  forward (torch.cat, F.relu, the activation of a block's fused conv-BN-act) are not
   layers and have no rows.
 - ``activations`` of a layer: the number of elements of its output.
-- The total ``activations`` follows the course notes' VGG-16 table: the input image
-  plus the outputs of every layer except element-wise activation functions
-  (ReLU, Tanh...), Dropout, Identity and Flatten, which the notes fold into the layer
-  before them (their outputs can be computed in place). ``activations_all`` counts
-  every layer's output. ``activation_bytes`` = activations x the element size.
+- The total ``activations`` is the input image plus the outputs of every layer
+  except element-wise activation functions (ReLU, Tanh...), Dropout, Identity and
+  Flatten, which can run in place on the layer before them; that is the rule of
+  CS231n's VGG-16 table (input, every conv, pool and FC output), whose entries sum
+  to 15.24M (README, "Models"). ``activations_all`` counts every layer's output.
+  ``activation_bytes`` = activations x the element size.
 - ``params``: the parameters a layer owns; the total counts each model parameter once.
-- ``flops``: 2 x the multiply-accumulates of convolutions and fully connected layers
-  (``macs``); pooling, normalisation and activations are not counted.
+- ``macs``: the multiply-accumulates of convolutions, fully connected layers and
+  attention (q, k, v and output projections plus the q k^T and p v matmuls);
+  pooling, normalisation and activations are not counted. ``flops`` = 2 x macs.
 """
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fastcnn.nn import ConvBNAct
+from fastcnn.models._layers import unfused
+from fastcnn.nn import ConvBNAct, DepthwiseSeparableConv2d
 
+# modules that are one row although they have children
+ONE_ROW_KINDS = (ConvBNAct, nn.MultiheadAttention)
 IN_PLACE_KINDS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Hardswish,
                   nn.Hardsigmoid, nn.Dropout, nn.Identity, nn.Flatten)
 
@@ -78,7 +85,7 @@ class Summary:
         lines.append(f"Activations per image (input + layer outputs, in-place activations/dropout not counted): "
                      f"{self.activations:,} ({_mem(self.activation_bytes)});  all layer outputs: "
                      f"{self.activations_all:,}")
-        lines.append(f"FLOPs per image (2 x MACs of conv/linear layers): {self.flops:,} "
+        lines.append(f"FLOPs per image (2 x MACs of conv/linear/attention layers): {self.flops:,} "
                      f"({self.flops / 1e9:.2f} GFLOPs, {self.macs / 1e9:.2f} GMACs)")
         return "\n".join(lines)
 
@@ -93,63 +100,78 @@ def _mem(nbytes):
         nbytes /= 1024
 
 
-def _macs(module, inp, out, batch):
+def _macs(module, args, kwargs, out):
+    """Multiply-accumulates of one call, over the whole batch."""
     conv = module.conv if isinstance(module, ConvBNAct) else module
     if isinstance(conv, nn.Conv2d):
         kh, kw = conv.kernel_size
-        return out.numel() // batch * (conv.in_channels // conv.groups) * kh * kw
+        return out.numel() * (conv.in_channels // conv.groups) * kh * kw
     if isinstance(module, nn.Linear):
-        return out.numel() // batch * module.in_features
+        return out.numel() * module.in_features
+    if isinstance(module, nn.MultiheadAttention):
+        query, key = (args[i] if len(args) > i else kwargs[name] for i, name in enumerate(("query", "key")))
+        e = module.embed_dim
+        seq_dim = 1 if module.batch_first and query.dim() == 3 else 0
+        lq, lk = query.shape[seq_dim], key.shape[seq_dim]
+        sequences = query.numel() // (lq * e)
+        projections = 2 * lq * e * e + lk * e * (module.kdim + module.vdim)  # q and out; k and v
+        return sequences * (projections + 2 * lq * lk * e)  # + q k^T and p v
     return 0
 
 
-def summary(name_or_model, input_size=(3, 224, 224), batch_size=1, *, print_table=True, dtype=torch.float32,
-            device="cpu", **config):
+def summary(name_or_model, input_size=(3, 224, 224), batch_size=1, *, print_table=True, dtype=None,
+            device=None, **config):
     """Print (unless ``print_table=False``) and return the per-layer :class:`Summary`
     of a model: a registered name (built with ``fastcnn.models.create(name, algo=
     "reference", **config)``) or a module. The model runs one forward in eval mode
-    under no_grad on a ``(batch_size, *input_size)`` input."""
+    under no_grad on a random ``(batch_size, *input_size)`` input of ``dtype`` on
+    ``device`` (default: those of the model's parameters, else float32 on the CPU;
+    a given ``device`` moves the model there). The model's training mode is restored."""
     if isinstance(name_or_model, str):
         from fastcnn.models._registry import create
         config.setdefault("algo", "reference")
         model = create(name_or_model, **config)
     else:
         model = name_or_model
-    model = model.to(device)
+    if device is not None:
+        model = model.to(device)
+    first = next(model.parameters(), None)
+    device = device if device is not None else (first.device if first is not None else "cpu")
+    dtype = dtype or (first.dtype if first is not None and first.is_floating_point() else torch.float32)
     batch = batch_size
-    rows, handles, unfused = [], [], []
-    names = {}
-    skip = set()
+    rows, handles = [], []
+    inside = set()  # children of one-row modules
+    for m in model.modules():
+        if isinstance(m, ONE_ROW_KINDS):
+            inside.update(id(c) for c in m.modules() if c is not m)
     for name, m in model.named_modules():
-        if isinstance(m, ConvBNAct):
-            skip.update(id(c) for c in m.modules() if c is not m)
-    for name, m in model.named_modules():
-        if getattr(m, "fuse_conv_bn", False):
-            m.fuse_conv_bn = False
-            unfused.append(m)
-        if id(m) in skip or not (isinstance(m, ConvBNAct) or not any(True for _ in m.children())):
+        if id(m) in inside or not (isinstance(m, ONE_ROW_KINDS) or next(m.children(), None) is None):
             continue
-        names[id(m)] = name
 
-        def hook(mod, inp, out, name=name):
+        def hook(mod, args, kwargs, out, name=name):
             if isinstance(out, (tuple, list)):
                 out = out[0]
             if not torch.is_tensor(out):
                 return
             rows.append(SummaryRow(name, type(mod).__name__, tuple(out.shape), out.numel() // batch,
-                                   sum(p.numel() for p in mod.parameters()), _macs(mod, inp, out, batch),
+                                   sum(p.numel() for p in mod.parameters()), _macs(mod, args, kwargs, out) // batch,
                                    not isinstance(mod, IN_PLACE_KINDS)))
-        handles.append(m.register_forward_hook(hook))
+        handles.append(m.register_forward_hook(hook, with_kwargs=True))
+    # fastcnn.nn's DepthwiseSeparableConv2d (MobileNet v1) has its own per-instance
+    # switch: fastcnn.nn cannot import the zoo's unfused()
+    separables = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d) and m.fuse_conv_bn]
     was_training = model.training
     try:
         model.eval()
+        for m in separables:
+            m.fuse_conv_bn = False
         x = torch.randn((batch,) + tuple(input_size), dtype=dtype, device=device)
-        with torch.no_grad():
+        with torch.no_grad(), unfused():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m in unfused:
+        for m in separables:
             m.fuse_conv_bn = True
         model.train(was_training)
     params = {id(p): p for p in model.parameters()}

@@ -11,12 +11,14 @@
 - ``zfnet``: 7x7/2 conv1 and 5x5/2 conv2 (Fig. 3 of Zeiler & Fergus), contrast
   normalisation after the first two poolings, one tower, 224x224 input.
 
-The layers are listed in configuration tables; LRN is fastcnn.nn.LocalResponseNorm."""
+The layers are listed in configuration tables; LRN is fastcnn.nn.LocalResponseNorm
+with the paper's constants (``_layers.alexnet_lrn``: torch's alpha is the paper's x n)."""
 import torch
 from torch import nn
 
+from fastcnn.models._layers import alexnet_lrn
 from fastcnn.models._registry import register_model
-from fastcnn.nn import Conv2d, Linear, LocalResponseNorm
+from fastcnn.nn import Conv2d, Linear
 
 # (out_channels, kernel, stride, padding, groups, then after conv + ReLU, in this order:
 #  "L" LRN, "P" max-pool 3x3/2). AlexNet normalises before pooling, ZFNet after.
@@ -41,7 +43,7 @@ class AlexNet(nn.Module):
             layers += [Conv2d(in_channels, out, k, stride=s, padding=p, groups=g, algo=algo), nn.ReLU(inplace=True)]
             for op in after:  # in the listed order
                 if op == "L":
-                    layers.append(LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, algo=algo))
+                    layers.append(alexnet_lrn(algo))
                 elif op == "P":
                     layers.append(nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=ceil_mode))
             in_channels = out

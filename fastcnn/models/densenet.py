@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.models._layers import FusedSequential
+from fastcnn.models._layers import FusedSequential, fused
 from fastcnn.nn import Conv2d
-from fastcnn.nn.fused import conv_bn_act_forward
 
 # name: (growth_rate, block_config, num_init_features)
 CONFIGS = {
@@ -27,7 +26,6 @@ CONFIGS = {
 
 class _DenseLayer(nn.Module):
     _fastcnn_fused = True  # fastcnn.nn.convert: conv1 -> norm2 -> relu2 is fused already
-    fuse_conv_bn = True
 
     def __init__(self, num_input_features, growth_rate, bn_size, drop_rate, algo="auto"):
         super().__init__()
@@ -44,11 +42,7 @@ class _DenseLayer(nn.Module):
     def forward(self, features):
         x = torch.cat(features, 1) if isinstance(features, (list, tuple)) else features
         x = self.relu1(self.norm1(x))
-        if self.fuse_conv_bn:
-            x = conv_bn_act_forward(self.conv1, self.norm2, x, None, "relu")
-        else:
-            x = self.relu2(self.norm2(self.conv1(x)))
-        x = self.conv2(x)
+        x = self.conv2(fused(self.conv1, self.norm2, x, None, "relu"))  # relu2 stays for torchvision's layout
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x

@@ -13,7 +13,7 @@ of each depthwise-separable layer), v2 from (t, c, n, s) rows (expansion, channe
 repeats, stride). Every conv -> BN [-> + residual] [-> ReLU/ReLU6] is one fused op."""
 from torch import nn
 
-from fastcnn.models._layers import ConvNormAct, FusedSequential, make_divisible
+from fastcnn.models._layers import ConvNormAct, FusedSequential, is_unfused, make_divisible
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
 from fastcnn.nn.separable import DepthwiseSeparableConv2d, separable_forward
@@ -86,7 +86,7 @@ class InvertedResidual(nn.Module):
     def forward(self, x):
         residual = x if self.use_res_connect else None
         *expand, depthwise, project, project_bn = self.conv
-        if not self.conv.fuse_conv_bn or self.training:
+        if is_unfused() or self.training:
             return self.conv(x, residual=residual)
         # Inference: depthwise-BN-ReLU6 and the projection-BN (+ input) as one fused
         # separable op, which never writes the widest tensor of the block (the

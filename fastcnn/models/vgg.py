@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from fastcnn.models._registry import register_model
-from fastcnn.nn import Conv2d, Linear, LocalResponseNorm
-from fastcnn.models._layers import FusedSequential
+from fastcnn.nn import Conv2d, Linear
+from fastcnn.models._layers import FusedSequential, alexnet_lrn
 
 # Table 1 of the paper: an int is a 3x3 conv (pad 1) with that many output channels,
 # "M" a 2x2/2 max-pool, "LRN" local response normalisation (A-LRN only).
@@ -29,8 +29,8 @@ def make_layers(cfg, batch_norm=False, in_channels=3, algo="auto"):
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        elif v == "LRN":  # the paper follows AlexNet's LRN settings
-            layers.append(LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0, algo=algo))
+        elif v == "LRN":  # "the parameters are those of (Krizhevsky et al., 2012)"
+            layers.append(alexnet_lrn(algo))
         else:
             layers.append(Conv2d(in_channels, v, kernel_size=3, padding=1, algo=algo))
             if batch_norm:
