@@ -63,7 +63,7 @@ def cmd_bench(args) -> int:
     config = bench_config(args)
     op_suites = [] if args.ops == [] else args.ops
     model_suites = [] if args.models == [] else None
-    report = runner.run(config, op_suites=op_suites, model_suites=model_suites)
+    report = runner.run(config, op_suites=op_suites, model_suites=model_suites, out=args.out)
     paths = runner.write_report(report, args.out, charts=not args.no_charts)
     for suite, per in report["summary"].items():
         base = next(r["baseline"] for r in report["results"] if r["suite"] == suite)

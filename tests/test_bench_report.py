@@ -85,12 +85,73 @@ def test_geometric_means():
     assert rep.geomean([None, 0.0]) is None
 
 
-def test_peak_table():
-    assert peaks.peak_for("NVIDIA H100 80GB HBM3")[1]["dram_tbs"] == 3.35
-    assert peaks.peak_for("NVIDIA H200")[1] == {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0,
-                                                "dram_tbs": 4.8}
-    assert peaks.peak_for("NVIDIA H100 PCIe")[0] == "H100 PCIe"
-    assert peaks.peak_for("Some Future GPU") == (None, None)
+def _result(key, timings, suite="s", baseline="cudnn", **fields):
+    """A result of the schema with synthetic median times: {contender: ms or "error text"}."""
+    return {"suite": suite, "name": key, "group": f"{suite}/{key}", "key": f"{suite}|{suite}/{key}", "dtype": "bf16",
+            "batch": 32, "pass": "fwd", "flops": None, "bytes": None, "items": None, "baseline": baseline,
+            "meta": {}, **fields,
+            "timings": {c: {"ms": v, "raw_ms": [v]} if isinstance(v, float) else {"error": v}
+                        for c, v in timings.items()}}
+
+
+def _report(results, gpu="NVIDIA H100 80GB HBM3", **extra):
+    return {"schema": rep.SCHEMA, "environment": {"gpu": gpu, "torch": "t", "triton": "t", "cuda_runtime": "c",
+                                                  "date": "d"},
+            "config": {}, "results": results, "skipped": [], "notes": [], **extra}
+
+
+def test_each_geomean_covers_the_cases_it_shares_with_the_baseline():
+    """triton ran all three cases, auto errored on the one where it would be slow, and
+    the baseline errored on a fourth: each mean is over its own pairs, with the count."""
+    report = rep.derive(_report([
+        _result("a", {"cudnn": 2.0, "triton": 1.0, "auto": 1.0}),
+        _result("b", {"cudnn": 2.0, "triton": 4.0, "auto": "RuntimeError: no kernel"}),
+        _result("c", {"cudnn": 8.0, "triton": 2.0, "auto": 2.0}),
+        _result("d", {"cudnn": "RuntimeError: no", "triton": 1.0, "auto": 1.0}),
+    ]))
+    s = report["summary"]["s"]
+    assert s["triton"]["geomean_speedup"] == pytest.approx((2.0 * 0.5 * 4.0) ** (1 / 3)) and s["triton"]["cases"] == 3
+    assert s["auto"]["geomean_speedup"] == pytest.approx((2.0 * 4.0) ** 0.5) and s["auto"]["cases"] == 2
+    assert s["cudnn"]["cases"] == 3 and s["triton"]["suite_cases"] == 4
+    md = rep.to_markdown(report)
+    assert ("Geometric-mean speedup over cudnn, on the cases both ran: triton x1.587 (3 cases of 4), "
+            "auto x2.828 (2 cases of 4).") in md
+
+
+@pytest.mark.parametrize("name, row, bf16, fp32, dram_tbs", [
+    ("NVIDIA H200", "H200", 989.0, 67.0, 4.8),
+    ("NVIDIA H200 NVL", "H200 NVL", 835.0, 60.0, 4.8),
+    ("NVIDIA GH200 480GB", "GH200", 989.0, 67.0, 4.0),
+    ("NVIDIA GH200 144G HBM3e", "GH200 HBM3e", 989.0, 67.0, 4.9),
+    ("NVIDIA H100 80GB HBM3", "H100", 989.0, 67.0, 3.35),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.0, 51.0, 2.0),
+    ("NVIDIA H100 NVL", "H100 NVL", 835.0, 60.0, 3.9),
+    ("NVIDIA H800", "H800", 989.0, 67.0, 3.35),
+    ("NVIDIA H800 PCIe", "H800 PCIe", 756.0, 51.0, 2.0),
+    ("NVIDIA A100-SXM4-40GB", "A100", 312.0, 19.5, 1.555),
+    ("NVIDIA A100-PCIE-40GB", "A100", 312.0, 19.5, 1.555),
+    ("NVIDIA A100-SXM4-80GB", "A100 80GB", 312.0, 19.5, 2.039),
+    ("NVIDIA A100 80GB PCIe", "A100 80GB PCIe", 312.0, 19.5, 1.935),
+    ("NVIDIA L40S", "L40S", 362.0, 91.6, 0.864),
+])
+def test_peak_table_matches_the_names_torch_reports(name, row, bf16, fp32, dram_tbs):
+    matched, rates = peaks.peak_for(name)
+    assert matched == row
+    assert (rates["bf16"], rates["fp16"], rates["fp32"], rates["dram_tbs"]) == (bf16, bf16, fp32, dram_tbs)
+    assert rates["tf32"] == pytest.approx(bf16 / 2, abs=2)  # TF32 runs at half the 16-bit rate
+
+
+def test_peak_table_does_not_depend_on_row_order(monkeypatch):
+    for table in (peaks.PEAKS, peaks.PEAKS[::-1]):
+        monkeypatch.setattr(peaks, "PEAKS", table)
+        assert peaks.peak_for("NVIDIA GH200 480GB")[0] == "GH200"
+        assert peaks.peak_for("NVIDIA H200 NVL")[0] == "H200 NVL"
+        assert peaks.peak_for("NVIDIA A100 80GB PCIe")[0] == "A100 80GB PCIe"
+    # every row is reachable: its own words pick it, not a row with as many words
+    for key, rates in peaks.PEAKS:
+        assert peaks.peak_for("NVIDIA " + " ".join(key)) == (" ".join(key), rates)
+    assert peaks.peak_for("Some Future GPU") == (None, None) and peaks.peak_for(None) == (None, None)
+    assert peaks.peak_for("NVIDIA H1000")[0] is None  # whole words only
     assert peaks.compute_dtype("fp32", tf32=False) == "fp32"
 
 
@@ -110,11 +171,90 @@ def test_markdown_table():
         assert heading in md
     assert "| case | dtype | batch | pass | cudnn ms | cudnn TFLOP/s | cudnn % peak | triton ms |" in md
     assert "compile img/s" in md
-    assert "Geometric-mean speedup over cudnn: triton x" in md
+    assert "Geometric-mean speedup over cudnn, on the cases both ran: triton x0.969 (8 cases)" in md
     assert "models: vit_b_16: not registered" in md
     assert "auto: RuntimeError: CUDA out of memory" in md
     table = [line for line in md.splitlines() if line.startswith("| resnet50.conv1 | bf16")]
     assert len(table) == 1 and table[0].count("|") == 16
+
+
+def test_memory_bound_suites_show_bandwidth_and_percent_of_dram():
+    """LRN has bytes and no FLOPs, depthwise has both but is memory-bound by nature:
+    both read GB/s and % of the H100's 3.35 TB/s under their own headers; a compute
+    suite keeps TFLOP/s and % of the FLOP peak."""
+    report = rep.derive(_report([
+        _result("lrn1", {"cudnn": 0.1, "triton": 0.05}, suite="lrn", bytes=1.675e8),  # 1675 GB/s at 0.1 ms
+        _result("dw1", {"cudnn": 0.1, "triton": 0.08}, suite="depthwise", bytes=2.0e8, flops=1.0e9,
+                bound="memory"),
+        _result("vgg", {"cudnn": 1.0, "triton": 0.5}, suite="conv2d", bytes=2.0e8, flops=4.945e11),
+    ]))
+    lrn, dw, conv = report["results"]
+    assert lrn["derived"]["cudnn"]["gbps"] == pytest.approx(1675.0)
+    assert lrn["derived"]["cudnn"]["pct_peak"] == pytest.approx(50.0)
+    assert lrn["derived"]["triton"]["pct_peak"] == pytest.approx(100.0)
+    assert lrn["derived"]["triton"]["bound"] == "memory"
+    # depthwise: 5 FLOP/byte is memory-bound anyway, but its % is of DRAM by declaration, not by the roofline
+    dwt = dw["derived"]["triton"]
+    assert dwt["pct_peak"] == pytest.approx(2500 / 3350 * 100) and "peak_tflops" not in dwt
+    assert conv["derived"]["cudnn"]["pct_peak"] == pytest.approx(50.0)
+    assert conv["derived"]["cudnn"]["bound"] == "compute"
+    md = rep.to_markdown(report)
+    assert "| case | dtype | batch | pass | cudnn ms | cudnn GB/s | cudnn % DRAM | triton ms | triton GB/s |" in md
+    assert "| lrn1 | bf16 | 32 | fwd | 0.100 | 1675.0 | 50.0 | 0.050 | 3350.0 | 100.0 | 2.00 |" in md
+    assert "| dw1 | bf16 | 32 | fwd | 0.100 | 2000.0 | 59.7 | 0.080 | 2500.0 | 74.6 | 1.25 |" in md
+    assert "| vgg | bf16 | 32 | fwd | 1.000 | 494.5 | 50.0 | 0.500 | 989.0 | 100.0 | 2.00 |" in md
+    assert md.count("cudnn TFLOP/s") == 1  # the conv2d table only
+    # the charts: a roofline only where there are FLOPs
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        names = sorted(os.path.basename(p) for p in runner.write_report(report, d)["charts"])
+    assert names == ["roofline-conv2d.png", "roofline-depthwise.png", "speedup-conv2d.png", "speedup-depthwise.png",
+                     "speedup-lrn.png"]
+
+
+def test_an_interrupted_run_writes_a_partial_report(tmp_path):
+    """Ctrl-C in the third case: the first two and the third's finished contender are
+    written, as JSON and Markdown marked partial, and the interrupt goes on."""
+    def make(n):
+        return lambda: {"cudnn": lambda: n, "triton": lambda: n}
+    items = [Case(suite="s", name=f"c{n}", group=f"s/c{n}", bytes=1e6, make=make(n)) for n in range(5)]
+    timed = []
+
+    def timer(fn):
+        if len(timed) == 5:
+            raise KeyboardInterrupt
+        timed.append(fn())
+        return [1.0]
+    name = "toy_interrupted_for_test"
+    register_suite(name)(lambda config: items)
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "t", "triton": "t", "cuda_runtime": None, "date": "d"}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(BenchConfig(device="cpu"), op_suites=[name], model_suites=[], timer=timer,
+                       progress=runner.Progress(5, io.StringIO()), env=env, out=str(tmp_path))
+    finally:
+        SUITES.pop(name)
+    report = rep.load(tmp_path / "report.json")
+    assert report["partial"] == {"reason": "KeyboardInterrupt", "cases_started": 3, "cases_planned": 5}
+    assert [(r["name"], sorted(r["timings"])) for r in report["results"]] == [
+        ("c0", ["cudnn", "triton"]), ("c1", ["cudnn", "triton"]), ("c2", ["cudnn"])]
+    assert report["summary"]["s"]["triton"]["cases"] == 2
+    md = open(tmp_path / "report.md").read()
+    assert md.startswith("# fastcnn bench\n\n**Partial report**: the run stopped (KeyboardInterrupt) in case 3 of 5")
+    # an exception that escapes a suite (here: its listing) is written too, and re-raised
+    name = "toy_broken_for_test"
+
+    def broken(config):
+        raise RuntimeError("suite bug")
+        yield
+    register_suite(name)(broken)
+    try:
+        with pytest.raises(RuntimeError, match="suite bug"):
+            runner.run(BenchConfig(device="cpu"), op_suites=[name], model_suites=[], timer=timer, env=env,
+                       out=str(tmp_path / "broken"))
+    finally:
+        SUITES.pop(name)
+    assert rep.load(tmp_path / "broken" / "report.json")["partial"]["reason"] == "RuntimeError: suite bug"
 
 
 def test_compare_finds_the_regression_and_the_improvement():
@@ -124,14 +264,50 @@ def test_compare_finds_the_regression_and_the_improvement():
     assert result["regressions"][0]["ratio"] == pytest.approx(1.25, rel=1e-3)
     assert [(r["key"], r["contender"]) for r in result["improvements"]] == [
         ("conv2d|conv2d/vgg16.conv2_2/fp32/b32/fwd", "auto")]
-    assert any("conv_bn_relu" in k for k in result["only_new"]) and not result["only_old"]
+    assert any("conv_bn_relu" in k for k in result["only_new"])
     text = rep.format_compare(result)
     assert "Regressions (more than 5%): 1" in text and "1.250" in text
+    assert "Regressions: errored or missing, timed in the old report: 0" in text
     # at a 30 % threshold the 25 % change is no regression
     assert rep.compare(rep.load(OLD), rep.load(NEW), threshold=0.3)["regressions"] == []
     # a report against itself: nothing moves
     same = rep.compare(rep.load(NEW), rep.load(NEW))
     assert not same["regressions"] and not same["improvements"] and len(same["rows"]) > 20
+
+
+def test_compare_counts_errored_and_missing_contenders_as_regressions():
+    old = _report([_result("a", {"cudnn": 1.0, "triton": 1.0, "auto": 1.0}),
+                   _result("b", {"cudnn": 1.0, "triton": 2.0}),
+                   _result("c", {"cudnn": 1.0, "triton": 1.0}),
+                   _result("d", {"cudnn": 1.0, "triton": "RuntimeError: never ran"})])
+    new = _report([_result("a", {"cudnn": 1.0, "triton": "RuntimeError: illegal memory access"}),  # auto gone
+                   _result("b", {"cudnn": 1.0, "triton": 2.01}),
+                   _result("d", {"cudnn": 1.0, "triton": "RuntimeError: still not"})],  # c gone
+                  partial={"reason": "KeyboardInterrupt", "cases_started": 3, "cases_planned": 4})
+    new["results"].append({**_result("e", {}), "timings": {"setup": {"error": "OutOfMemoryError: big"}}})
+    old["results"].append(_result("e", {"cudnn": 1.0}))
+    result = rep.compare(old, new)
+    lost = {(r["key"], r["contender"]): (r["status"], r["why"]) for r in result["regressions"]}
+    assert lost == {("s|s/a", "triton"): ("error", "RuntimeError: illegal memory access"),
+                    ("s|s/a", "auto"): ("missing", "contender not in the new report"),
+                    ("s|s/c", "cudnn"): ("missing", "case not in the new report"),
+                    ("s|s/c", "triton"): ("missing", "case not in the new report"),
+                    ("s|s/e", "cudnn"): ("error", "OutOfMemoryError: big")}
+    assert not result["improvements"] and len(result["rows"]) == 4  # a/cudnn, b x2, d/cudnn; d/triton never ran
+    text = rep.format_compare(result)
+    assert "Regressions (more than 5%): 0" in text
+    assert "Regressions: errored or missing, timed in the old report: 5" in text
+    assert "error: RuntimeError: illegal memory access" in text and "the new report is partial" in text
+    from fastcnn.cli import main
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        paths = []
+        for name, r in (("old", old), ("new", new)):
+            paths.append(os.path.join(d, f"{name}.json"))
+            json.dump(r, open(paths[-1], "w"))
+        assert main(["bench", "--compare", *paths]) == 0
+        assert main(["bench", "--compare", *paths, "--fail-on-regression"]) == 1
+        assert main(["bench", "--compare", paths[0], paths[0], "--fail-on-regression"]) == 0
 
 
 def test_compare_warns_about_different_gpus():
@@ -251,15 +427,19 @@ def test_runner_end_to_end_on_cpu_with_a_fake_timer(tmp_path, monkeypatch):
 @pytest.mark.parametrize("suite, table, rows", [
     ("depthwise", "DEPTHWISE", [("tiny.dw", 8, 7, 9, 8, 3, 3, 2, 1, 8)]),
     ("lrn", "LRN_LAYERS", [("tiny.lrn", 7, 5, 6, 5, 1e-4, 0.75, 2.0)]),
-    ("conv_bn_relu", "RESNET50", [("tiny.conv", 4, 7, 9, 16, 3, 3, 1, 1)]),
+    ("conv_bn_relu", "RESNET50", [("tiny.conv", 4, 7, 9, 16, 3, 3, 1, 2, 1, 2)]),  # dilation 2
+    ("conv_bn_act", "RESNET50", [("tiny.conv", 4, 7, 9, 16, 3, 3, 1, 2, 1, 2)]),
+    ("bias_act", "BIAS_ACT_LAYERS", [("tiny.mlp", (3, 5, 16), "gelu")]),
+    ("layer_norm", "LAYER_NORM_LAYERS", [("tiny.ln", (7, 24))]),
 ])
 def test_op_suites_run_on_cpu(suite, table, rows, monkeypatch):
     """Each op suite's callables, every contender, forward and backward, on a tiny
     shape with the CPU's backends (a GPU session should not be where a suite's own
-    code is first run)."""
+    code is first run), and the contenders' forward outputs agree."""
     from fastcnn.bench import layers
     from fastcnn.bench.layers import ConvLayer
-    monkeypatch.setattr(layers, table, [ConvLayer(*r) if table != "LRN_LAYERS" else r for r in rows])
+    conv_table = table in ("DEPTHWISE", "RESNET50")
+    monkeypatch.setattr(layers, table, [ConvLayer(*r) if conv_table else r for r in rows])
     cfg = BenchConfig(dtypes=("fp32",), batches=(2,), device="cpu", backward=True)
     items = list(cases(cfg, [suite]))
     assert {c.name for c in items} == {rows[0][0]}
@@ -276,6 +456,49 @@ def test_op_suites_run_on_cpu(suite, table, rows, monkeypatch):
         assert all("ms" in t for t in result["timings"].values()), result["timings"]
         assert set(result["timings"]) >= {"cudnn", "triton", "auto"}
     assert len(ran) == sum(len(r["timings"]) for r in report["results"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = {c: fn() for c, fn in items[0].make().items()}  # items[0]: the forward (or inference) pass
+    for c, out in outs.items():
+        if out is not None:  # conv_bn_relu's step is a training step: no output
+            torch.testing.assert_close(out, outs["cudnn"], rtol=1e-4, atol=1e-4, msg=c)
+
+
+def test_memory_bound_op_suites_count_their_traffic():
+    """bias_act and layer_norm: real ViT/ConvNeXt shapes, memory-bound, 2 tensors of
+    traffic forward and 5 forward+backward; conv_bn_act counts the conv's FLOPs."""
+    cfg = BenchConfig(dtypes=("bf16",), batches=(32,), device="cpu", backward=True)
+    bias_act = {c.group: c for c in cases(cfg, ["bias_act"])}
+    vit = bias_act["bias_act/vit_b_16.mlp.fc1/bf16/b32/fwd"]
+    assert vit.bound == "memory" and vit.flops is None and vit.bytes == 32 * 197 * 3072 * 2 * 2
+    assert bias_act["bias_act/vit_b_16.mlp.fc1/bf16/b32/fwd+bwd"].bytes == 32 * 197 * 3072 * 2 * 5
+    assert "bias_act/convnext_tiny.stage1.pwconv1/bf16/b32/fwd" in bias_act
+    norms = [c for c in cases(cfg, ["layer_norm"]) if c.pass_ == "fwd"]
+    assert [(c.name, c.meta["shape"]) for c in norms][::2] == [("vit_b_16.ln", [197, 768]),
+                                                              ("convnext_tiny.stage1.norm", [56, 56, 96]),
+                                                              ("convnext_tiny.stage3.norm", [14, 14, 384])]
+    (first, *_) = cases(cfg, ["conv_bn_act"])
+    assert first.group == "conv_bn_act/resnet50.conv1/bf16/b32/infer" and first.bound is None
+    assert first.flops == 2 * 32 * 64 * 112 * 112 * 3 * 7 * 7
+    quick = BenchConfig(dtypes=("bf16",), quick=True, device="cpu")
+    for suite, full, few in (("lrn", 4, 2), ("bias_act", 6, 2), ("layer_norm", 6, 2)):
+        assert (len(cases(cfg, [suite])), len(cases(quick, [suite]))) == (2 * full, few)  # cfg: fwd and fwd+bwd
+
+
+def test_conv_layers_carry_dilation():
+    from fastcnn.bench.conv import conv_fn, layer_inputs
+    from fastcnn.bench.layers import ConvLayer
+    from fastcnn.bench.suites import conv_bytes
+    layer = ConvLayer("dilated", 4, 9, 11, 8, 3, 3, 1, 2, dilation=2)
+    assert layer.out_hw() == (9, 11) and ConvLayer("plain", 4, 9, 11, 8, 3, 3).out_hw() == (7, 9)
+    assert layer.flops(2) == 2 * 2 * 8 * 9 * 11 * 4 * 9
+    assert conv_bytes(layer, 2, "fp32") == (2 * 4 * 9 * 11 + 8 * 4 * 9 + 2 * 8 * 9 * 11) * 4
+    x, w = layer_inputs(layer, 2, torch.float32, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = [conv_fn(c, layer)(x, w) for c in ("cudnn", "triton")]
+    assert outs[0].shape == (2, 8, 9, 11)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-4)
 
 
 def test_winograd_suite_on_cpu(monkeypatch):
@@ -438,14 +661,57 @@ def test_time_cuda_warms_up_and_times_each_repetition(monkeypatch):
     assert len(timing.time_cuda(fn, warmup_ms=0, rep_ms=0.1, min_reps=5, flush_l2=False)) == 5
 
 
-def test_cuda_event_clock_reads_gpu_time(monkeypatch):
+class _Float32Event(_FakeEvent):
+    """elapsed_time as CUDA returns it: a float32 of milliseconds."""
+
+    def elapsed_time(self, end):
+        import numpy as np
+        return float(np.float32(end.t - self.t))
+
+
+def test_cuda_event_clock_keeps_precision_over_long_runs(monkeypatch):
     import torch
     from fastcnn.bench import timing
-    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
-    monkeypatch.setattr(timing, "_reference", None)
+    monkeypatch.setattr(torch.cuda, "Event", _Float32Event)
+    monkeypatch.setattr(timing, "_last_event", None)
+    monkeypatch.setattr(timing, "_total_s", 0.0)
+    _FakeEvent.clock[0] = 0.0
     start = timing.cuda_event_clock()
     _FakeEvent.clock[0] += 2.5  # 2.5 ms of kernels
     assert timing.cuda_event_clock() - start == pytest.approx(2.5e-3)
+    _FakeEvent.clock[0] += 3.6e6  # an hour in, a float32 of ms steps by 0.25 ms
+    before = timing.cuda_event_clock()
+    _FakeEvent.clock[0] += 0.01  # a 10 us kernel
+    assert timing.cuda_event_clock() - before == pytest.approx(1e-5, rel=1e-4)
+
+
+def test_time_cuda_reads_the_clock_while_the_timed_loop_runs(monkeypatch):
+    import torch
+    from fastcnn.bench import timing
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    log = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: log.append("sync"))
+
+    def fn():
+        log.append("fn")
+        _FakeEvent.clock[0] += 1.0
+    timing.time_cuda(fn, warmup_ms=0, rep_ms=5, flush_l2=False, while_busy=lambda: log.append("clock"))
+    assert log.count("clock") == 1
+    assert log[-2:] == ["clock", "sync"] and log[-7:-2] == ["fn"] * 5  # after the 5 timed calls are queued
+
+
+def test_clock_sampler_keeps_the_highest_reading_and_spaces_reads(monkeypatch):
+    readings = iter([1410, None, 1980, 1755])
+    now = [0.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: now[0])
+    clock = runner.ClockSampler(read=lambda: next(readings), every=2.0)
+    for t in (0.0, 1.0, 2.5, 5.0, 7.0):  # the read at 1.0 s is skipped: too soon
+        now[0] = t
+        clock()
+    assert clock.max_mhz == 1980
+    env = {"gpu": None, "torch": "t", "triton": "t", "cuda_runtime": None, "date": "d", "sm_clock_max_mhz": 1980}
+    report = runner._finish({"schema": rep.SCHEMA, "results": [], "skipped": []}, BenchConfig(), env, clock)
+    assert report["environment"]["sm_clock_mhz"] == 1980
 
 
 def test_model_flops_count_fused_and_plain_convolutions():

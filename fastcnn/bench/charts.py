@@ -10,13 +10,6 @@ def _plt():
     return plt
 
 
-def _suites(report):
-    out = {}
-    for r in report["results"]:
-        out.setdefault(r["suite"], []).append(r)
-    return out
-
-
 def speedup_chart(report, suite, rows, path):
     plt = _plt()
     from fastcnn.bench.report import contenders_of
@@ -79,16 +72,17 @@ def roofline_chart(report, suite, rows, path):
 
 def write_charts(report, folder) -> list:
     """Write every chart of a derived report into ``folder``; return the paths."""
+    from fastcnn.bench.report import by_suite
     os.makedirs(folder, exist_ok=True)
     paths = []
-    for suite, rows in _suites(report).items():
+    for suite, rows in by_suite(report["results"]).items():
         timed = [r for r in rows if r.get("derived")]
         if not timed:
             continue
         p = os.path.join(folder, f"speedup-{suite}.png")
         speedup_chart(report, suite, timed, p)
         paths.append(p)
-        if any(r.get("bytes") for r in timed):
+        if any(r.get("bytes") and r.get("flops") for r in timed):  # a roofline needs both
             p = os.path.join(folder, f"roofline-{suite}.png")
             roofline_chart(report, suite, timed, p)
             paths.append(p)

@@ -19,9 +19,11 @@ def layer_inputs(layer, batch, dtype, device="cuda", requires_grad=False):
 def conv_fn(contender, layer):
     """The callable timed for one contender: cuDNN through ATen, or fastcnn.ops.conv2d."""
     if contender == "cudnn":
-        return lambda x, w: torch.nn.functional.conv2d(x, w, None, layer.stride, layer.padding, 1, layer.groups)
+        return lambda x, w: torch.nn.functional.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation,
+                                                       layer.groups)
     from fastcnn import ops
-    return lambda x, w: ops.conv2d(x, w, None, layer.stride, layer.padding, 1, layer.groups, algo=contender)
+    return lambda x, w: ops.conv2d(x, w, None, layer.stride, layer.padding, layer.dilation, layer.groups,
+                                   algo=contender)
 
 
 def step_fn(fn, backward, wrt=(0, 1)):

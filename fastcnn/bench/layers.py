@@ -1,5 +1,5 @@
 """Every distinct convolution layer of the benchmark networks, as
-(name, C, H, W, K, R, S, stride, padding, groups) at batch 1; the batch is set by
+(name, C, H, W, K, R, S, stride, padding, groups, dilation) at batch 1; the batch is set by
 the caller. Shapes are those of the torchvision models at 224x224 (AlexNet's
 original two-tower grouping for conv2/4/5 is listed as in the paper)."""
 from dataclasses import dataclass
@@ -17,11 +17,16 @@ class ConvLayer:
     stride: int = 1
     padding: int = 0
     groups: int = 1
+    dilation: int = 1
+
+    def out_hw(self):
+        """(P, Q), the output's height and width."""
+        return tuple((size + 2 * self.padding - self.dilation * (kernel - 1) - 1) // self.stride + 1
+                     for size, kernel in ((self.h, self.r), (self.w, self.s)))
 
     def flops(self, batch: int) -> int:
         """2 * multiply-adds of the forward pass."""
-        p = (self.h + 2 * self.padding - self.r) // self.stride + 1
-        q = (self.w + 2 * self.padding - self.s) // self.stride + 1
+        p, q = self.out_hw()
         return 2 * batch * self.k * p * q * (self.c // self.groups) * self.r * self.s
 
 
@@ -116,4 +121,28 @@ LRN_LAYERS = [
     ("alexnet.lrn2", 256, 27, 27, 5, 1e-4, 0.75, 2.0),
     ("googlenet.lrn1", 64, 56, 56, 5, 1e-4, 0.75, 1.0),
     ("googlenet.lrn2", 192, 56, 56, 5, 1e-4, 0.75, 1.0),
+]
+
+# Bias + activation after a Linear (what fastcnn.ops.bias_act fuses into one pass), as
+# (name, per-image input shape with the features last, activation): the MLP's first
+# Linear of ViT-B/16 and ViT-L/16 at 224x224 (197 tokens, 4x hidden, GELU) and of
+# ConvNeXt-T's block per stage (channels_last pixels, 4C hidden, GELU).
+BIAS_ACT_LAYERS = [
+    ("vit_b_16.mlp.fc1", (197, 3072), "gelu"),
+    ("vit_l_16.mlp.fc1", (197, 4096), "gelu"),
+    ("convnext_tiny.stage1.pwconv1", (56, 56, 384), "gelu"),
+    ("convnext_tiny.stage2.pwconv1", (28, 28, 768), "gelu"),
+    ("convnext_tiny.stage3.pwconv1", (14, 14, 1536), "gelu"),
+    ("convnext_tiny.stage4.pwconv1", (7, 7, 3072), "gelu"),
+]
+
+# LayerNorm over the last dim, as (name, per-image input shape): ViT-B/16's and
+# ViT-L/16's pre-norms (197 tokens) and ConvNeXt-T's per-stage channels_last norm.
+LAYER_NORM_LAYERS = [
+    ("vit_b_16.ln", (197, 768)),
+    ("vit_l_16.ln", (197, 1024)),
+    ("convnext_tiny.stage1.norm", (56, 56, 96)),
+    ("convnext_tiny.stage2.norm", (28, 28, 192)),
+    ("convnext_tiny.stage3.norm", (14, 14, 384)),
+    ("convnext_tiny.stage4.norm", (7, 7, 768)),
 ]

@@ -44,7 +44,9 @@ class Case:
 
     ``flops`` / ``bytes``: work and compulsory memory traffic of one call (None when
     unknown); ``items``: images per call (model suites: images/s). ``baseline`` is
-    the contender speedups are measured against."""
+    the contender speedups are measured against. ``bound="memory"`` marks a case that
+    is memory-bound by nature (normalizations, elementwise ops, depthwise convs): the
+    report shows its GB/s and % of DRAM bandwidth; otherwise the roofline decides."""
     suite: str
     name: str
     group: str
@@ -56,6 +58,7 @@ class Case:
     batch: Optional[int] = None
     pass_: str = "fwd"
     baseline: str = "cudnn"
+    bound: Optional[str] = None
     meta: dict = field(default_factory=dict)
 
     def key(self) -> str:

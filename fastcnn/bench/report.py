@@ -10,17 +10,21 @@ Schema ``fastcnn-bench/1``::
                      "cuda_runtime", "cudnn", "date", ...},
      "config": {...},                       # what was asked for
      "results": [{"suite", "name", "group", "key", "dtype", "batch", "pass",
-                  "flops", "bytes", "items", "baseline", "meta",
+                  "flops", "bytes", "items", "baseline", "bound" (optional), "meta",
                   "timings": {contender: {"ms": median, "raw_ms": [...]}
                                          | {"error": "..."}}}],
      "skipped": [{"suite", "name", "reason"}],
-     "notes": [...]}
+     "notes": [...],
+     "partial": {"reason", "cases_started", "cases_planned"}}   # only if the run was interrupted
 
 ``derive`` adds, per result and contender, ``derived``: tflops, gbps, images_per_s,
-pct_peak (of the roofline bound at the case's arithmetic intensity), bound, speedup
-over the baseline; and ``summary``: geometric-mean speedups per suite and contender
-(plus ``target_geomean_speedup`` over the cases whose meta has ``in_target`` true,
-in suites that mark them: an issue's target may be stated on a subset of layers).
+bound, pct_peak (of the DRAM bandwidth for a memory-bound case: one whose result says
+``"bound": "memory"`` or that has bytes and no FLOPs; otherwise of the roofline bound at
+the case's arithmetic intensity), speedup over the baseline; and ``summary``: per suite
+and contender the geometric-mean speedup over the cases where both it and the baseline
+were timed, with their count (plus ``target_geomean_speedup`` over the cases whose meta
+has ``in_target`` true, in suites that mark them: an issue's target may be stated on a
+subset of layers).
 """
 import json
 import math
@@ -73,6 +77,20 @@ def geomean(values):
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
+def memory_bound(result) -> bool:
+    """Is this case's figure its bandwidth? Suites say so (Case.bound); a case with
+    bytes and no FLOP count (reports from before that field) can be nothing else."""
+    return result.get("bound") == "memory" or bool(result.get("bytes") and not result.get("flops"))
+
+
+def by_suite(results) -> dict:
+    """{suite: [result, ...]} in report order."""
+    out = {}
+    for r in results:
+        out.setdefault(r["suite"], []).append(r)
+    return out
+
+
 def derive(report: dict) -> dict:
     """Add the derived figures and the summary (in place; returns the report)."""
     env = report["environment"]
@@ -95,32 +113,39 @@ def derive(report: dict) -> dict:
                 d["images_per_s"] = r["items"] / ms * 1e3
             d.update(_roofline(r, d, rates, tf32))
             r["derived"][c] = d
-    summary, target = {}, {}
-    for r in report["results"]:
-        for c, d in r["derived"].items():
-            summary.setdefault(r["suite"], {}).setdefault(c, []).append(d["speedup"])
-            if "in_target" in r.get("meta", {}):
-                target.setdefault(r["suite"], {}).setdefault(c, []).append(
-                    d["speedup"] if r["meta"]["in_target"] else None)
-    report["summary"] = {s: {c: _summary(v, target.get(s, {}).get(c)) for c, v in per.items()}
-                         for s, per in summary.items()}
+    report["summary"] = {suite: _summary(rows) for suite, rows in by_suite(report["results"]).items()}
     return report
 
 
-def _summary(speedups, target_speedups=None):
-    """Geomean speedup of a suite's cases; where its cases say whether they are among
-    the ones an issue's target is stated on (meta "in_target"), that of those too."""
-    out = {"geomean_speedup": geomean(speedups), "cases": len([x for x in speedups if x])}
-    if target_speedups is not None:
-        out["target_geomean_speedup"] = geomean(target_speedups)
-        out["target_cases"] = len([x for x in target_speedups if x])
+def _summary(rows):
+    """Per contender: the geomean of its speedup over the baseline on the cases where
+    both were timed (so each contender's mean says how many cases it covers), and,
+    where the suite's cases say whether they are among the ones an issue's target is
+    stated on (meta "in_target"), that over those too."""
+    targeted = any("in_target" in r.get("meta", {}) for r in rows)
+    out = {}
+    for c in contenders_of(rows):
+        both = [r for r in rows if (r["derived"].get(c) or {}).get("speedup")]
+        out[c] = {"geomean_speedup": geomean(r["derived"][c]["speedup"] for r in both), "cases": len(both),
+                  "suite_cases": len(rows)}
+        if targeted:
+            target = [r for r in both if r["meta"].get("in_target")]
+            out[c]["target_geomean_speedup"] = geomean(r["derived"][c]["speedup"] for r in target)
+            out[c]["target_cases"] = len(target)
     return out
 
 
 def _roofline(r, d, rates, tf32):
-    """% of the attainable peak at this case's arithmetic intensity: the datasheet
-    FLOP rate when compute-bound, the DRAM bandwidth when memory-bound."""
-    if not rates or not r.get("flops"):
+    """% of the attainable peak: of the DRAM bandwidth for a memory-bound case, else at
+    the case's arithmetic intensity the datasheet FLOP rate when compute-bound, the DRAM
+    bandwidth when memory-bound."""
+    if not rates:
+        return {}
+    if memory_bound(r):
+        if not r.get("bytes"):
+            return {}
+        return {"bound": "memory", "pct_peak": 100 * d["gbps"] / (rates["dram_tbs"] * 1e3)}
+    if not r.get("flops"):
         return {}
     dtype = (r.get("dtype") or "fp32").replace("amp-", "")
     peak_tflops = rates.get(peaks.compute_dtype(dtype, tf32))
@@ -155,10 +180,15 @@ def contenders_of(results):
 
 def to_markdown(report: dict) -> str:
     """The report as Markdown: environment, then per suite a table with, per contender,
-    time, TFLOP/s or GB/s (images/s for models), % of peak and speedup over the
-    baseline, and the geometric means."""
+    time, the suite's rate (TFLOP/s and % of the roofline peak; GB/s and % of the DRAM
+    bandwidth for memory-bound suites; images/s for models) and speedup over the
+    baseline, and the geometric means with the number of cases each covers."""
     env = report["environment"]
     lines = ["# fastcnn bench", ""]
+    if report.get("partial"):
+        p = report["partial"]
+        lines += [f"**Partial report**: the run stopped ({p['reason']}) in case {p['cases_started']} of "
+                  f"{p['cases_planned']}; below is what was measured until then.", ""]
     lines.append(f"GPU: **{env.get('gpu') or 'none'}**"
                  + (f" (SM clock {env['sm_clock_mhz']} MHz" + (f" of {env['sm_clock_max_mhz']}" if env.get(
                      'sm_clock_max_mhz') else "") + ")" if env.get("sm_clock_mhz") else "")
@@ -174,52 +204,22 @@ def to_markdown(report: dict) -> str:
         lines.append("% peak: of the datasheet FLOP rate (fp32 at the TF32 rate when PyTorch allows TF32), or, "
                      "where marked (mem), of the DRAM bandwidth: whichever bounds the case at its arithmetic "
                      "intensity (FLOPs per byte of compulsory traffic: inputs and weights read once, output "
-                     "written once).")
+                     "written once). Memory-bound suites (normalizations, elementwise ops, depthwise convs) show "
+                     "GB/s and % DRAM: of the DRAM bandwidth.")
     else:
         lines.append("Peak: this GPU is not in fastcnn/bench/peaks.py, so no % of peak.")
     lines.append("")
     for note in report.get("notes", []):
         lines.append(f"- {note}")
-    suites = []
-    for r in report["results"]:
-        if r["suite"] not in suites:
-            suites.append(r["suite"])
-    for suite in suites:
-        rows = [r for r in report["results"] if r["suite"] == suite]
-        contenders = contenders_of(rows)
-        is_model = any(r.get("items") for r in rows)
-        rate = "img/s" if is_model else "TFLOP/s"
-        baseline = rows[0]["baseline"]
-        lines += ["", f"## {suite}", ""]
-        header = ["case", "dtype", "batch", "pass"]
-        for c in contenders:
-            header += [f"{c} ms", f"{c} {rate}"] + ([f"{c} % peak"] if not is_model else []) + \
-                      ([f"{c} x{baseline}"] if c != baseline else [])
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for r in rows:
-            cells = [r["name"], str(r.get("dtype")), str(r.get("batch")), str(r.get("pass"))]
-            for c in contenders:
-                t, d = r["timings"].get(c, {}), r.get("derived", {}).get(c, {})
-                if "ms" not in t:
-                    cells += ["error" if "error" in t else "-", "-"] + (["-"] if not is_model else []) + \
-                             (["-"] if c != baseline else [])
-                    continue
-                value = d.get("images_per_s") if is_model else d.get("tflops")
-                if not is_model and value is None and d.get("gbps") is not None:
-                    value = d["gbps"]
-                cells += [f"{t['ms']:.3f}", _fmt(value, ".1f")]
-                if not is_model:
-                    cells.append(_fmt(d.get("pct_peak"), ".1f") + (" (mem)" if d.get("bound") == "memory" else ""))
-                if c != baseline:
-                    cells.append(_fmt(d.get("speedup"), ".2f"))
-            lines.append("| " + " | ".join(cells) + " |")
+    for suite, rows in by_suite(report["results"]).items():
+        lines += ["", f"## {suite}", ""] + _suite_table(rows)
         summary = report.get("summary", {}).get(suite, {})
-        means = [f"{c} x{s['geomean_speedup']:.3f}" for c, s in summary.items()
+        baseline = rows[0]["baseline"]
+        means = [f"{c} x{s['geomean_speedup']:.3f} ({_cases(s['cases'], len(rows))})" for c, s in summary.items()
                  if c != baseline and s.get("geomean_speedup")]
         if means:
-            lines += ["", f"Geometric-mean speedup over {baseline}: " + ", ".join(means) + "."]
-        target = [f"{c} x{s['target_geomean_speedup']:.3f}" for c, s in summary.items()
+            lines += ["", f"Geometric-mean speedup over {baseline}, on the cases both ran: " + ", ".join(means) + "."]
+        target = [f"{c} x{s['target_geomean_speedup']:.3f} ({_cases(s['target_cases'])})" for c, s in summary.items()
                   if c != baseline and s.get("target_geomean_speedup")]
         if target:
             lines += ["", "On the cases the target is stated on: " + ", ".join(target) + "."]
@@ -232,30 +232,74 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cases(n, of=None):
+    return f"{n} case{'s' if n != 1 else ''}" + (f" of {of}" if of is not None and of != n else "")
+
+
+def _suite_table(rows):
+    """One suite's Markdown table: per contender ms, the suite's rate, its % of peak
+    (not for models) and the speedup over the baseline."""
+    contenders = contenders_of(rows)
+    baseline = rows[0]["baseline"]
+    if any(r.get("items") for r in rows):
+        rate, pct, value = "img/s", None, "images_per_s"
+    elif all(memory_bound(r) for r in rows):
+        rate, pct, value = "GB/s", "% DRAM", "gbps"
+    else:
+        rate, pct, value = "TFLOP/s", "% peak", "tflops"
+    header = ["case", "dtype", "batch", "pass"]
+    for c in contenders:
+        header += [f"{c} ms", f"{c} {rate}"] + ([f"{c} {pct}"] if pct else []) + \
+                  ([f"{c} x{baseline}"] if c != baseline else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["name"], str(r.get("dtype")), str(r.get("batch")), str(r.get("pass"))]
+        for c in contenders:
+            t, d = r["timings"].get(c, {}), r.get("derived", {}).get(c, {})
+            if "ms" not in t:
+                cells += ["error" if "error" in t else "-", "-"] + (["-"] if pct else []) + \
+                         (["-"] if c != baseline else [])
+                continue
+            cells += [f"{t['ms']:.3f}", _fmt(d.get(value), ".1f")]
+            if pct:
+                mem = pct == "% peak" and d.get("bound") == "memory"
+                cells.append(_fmt(d.get("pct_peak"), ".1f") + (" (mem)" if mem else ""))
+            if c != baseline:
+                cells.append(_fmt(d.get("speedup"), ".2f"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def compare(old: dict, new: dict, threshold: float = 0.05) -> dict:
     """Match results by (key, contender) and classify each by new/old median time:
     ``regression`` when slower by more than ``threshold``, ``improvement`` when faster
-    by more than it. Returns {"rows": [...], "regressions": [...], "improvements": [...],
-    "only_old": [...], "only_new": [...]}."""
-    def index(report):
-        out = {}
-        for r in report["results"]:
-            for c, t in r["timings"].items():
-                if "ms" in t:
-                    out[(r["key"], c)] = t["ms"]
-        return out
-    a, b = index(old), index(new)
-    rows = []
-    for k in [k for k in b if k in a]:
-        ratio = b[k] / a[k]
-        status = "regression" if ratio > 1 + threshold else "improvement" if ratio < 1 / (1 + threshold) else "same"
-        rows.append({"key": k[0], "contender": k[1], "old_ms": a[k], "new_ms": b[k], "ratio": ratio,
-                     "status": status})
+    by more than it. A (key, contender) timed in ``old`` that errors in ``new`` (status
+    ``error``) or is not in it (``missing``: the contender, or its whole case, is gone)
+    is a regression too: a kernel that stopped running is the worst slowdown. Returns
+    {"rows": [...], "regressions": [...], "improvements": [...], "only_new": [...]}."""
+    def times(report):
+        return {(r["key"], c): t["ms"] for r in report["results"] for c, t in r["timings"].items() if "ms" in t}
+    a, b = times(old), times(new)
+    errors = {(r["key"], c): t["error"] for r in new["results"] for c, t in r["timings"].items() if "error" in t}
+    new_keys = {r["key"] for r in new["results"]}
+    rows, lost = [], []
+    for k, old_ms in a.items():
+        if k in b:
+            ratio = b[k] / old_ms
+            status = "regression" if ratio > 1 + threshold else "improvement" if ratio < 1 / (1 + threshold) \
+                else "same"
+            rows.append({"key": k[0], "contender": k[1], "old_ms": old_ms, "new_ms": b[k], "ratio": ratio,
+                         "status": status})
+            continue
+        error = errors.get(k) or errors.get((k[0], "setup"))  # "setup": the case's inputs failed to build
+        why = error or ("contender not in the new report" if k[0] in new_keys else "case not in the new report")
+        lost.append({"key": k[0], "contender": k[1], "old_ms": old_ms, "new_ms": None, "ratio": None,
+                     "status": "error" if error else "missing", "why": why})
     return {"rows": rows, "threshold": threshold,
-            "regressions": [r for r in rows if r["status"] == "regression"],
+            "regressions": [r for r in rows if r["status"] == "regression"] + lost,
             "improvements": [r for r in rows if r["status"] == "improvement"],
-            "only_old": sorted(f"{k} [{c}]" for k, c in a if (k, c) not in b),
             "only_new": sorted(f"{k} [{c}]" for k, c in b if (k, c) not in a),
+            "partial": (old.get("partial"), new.get("partial")),
             "environments": (old["environment"], new["environment"])}
 
 
@@ -265,17 +309,24 @@ def format_compare(result: dict) -> str:
              f"new: {en.get('gpu')} torch {en.get('torch')} triton {en.get('triton')} {en.get('date')}"]
     if eo.get("gpu") != en.get("gpu"):
         lines.append("warning: the two reports come from different GPUs")
+    for which, p in zip(("old", "new"), result.get("partial", (None, None))):
+        if p:
+            lines.append(f"warning: the {which} report is partial ({p['reason']})")
     t = result["threshold"]
-    for title, rows in (("Regressions", result["regressions"]), ("Improvements", result["improvements"])):
+    slower = [r for r in result["regressions"] if r["ratio"] is not None]
+    lost = [r for r in result["regressions"] if r["ratio"] is None]
+    for title, rows in (("Regressions", slower), ("Improvements", result["improvements"])):
         lines += ["", f"{title} (more than {t:.0%}): {len(rows)}"]
         if rows:
             lines.append(f"{'case':<58}{'contender':<12}{'old ms':>10}{'new ms':>10}{'new/old':>9}")
             for r in sorted(rows, key=lambda r: -abs(math.log(r["ratio"]))):
                 lines.append(f"{r['key']:<58}{r['contender']:<12}{r['old_ms']:>10.3f}{r['new_ms']:>10.3f}"
                              f"{r['ratio']:>9.3f}")
-    same = len(result["rows"]) - len(result["regressions"]) - len(result["improvements"])
+    lines += ["", f"Regressions: errored or missing, timed in the old report: {len(lost)}"]
+    for r in sorted(lost, key=lambda r: (r["key"], r["contender"])):
+        lines.append(f"{r['key']:<58}{r['contender']:<12}{r['old_ms']:>10.3f}  {r['status']}: {r['why']}")
+    same = len(result["rows"]) - len(slower) - len(result["improvements"])
     lines += ["", f"within {t:.0%}: {same} of {len(result['rows'])} matched timings"]
-    for what in ("only_old", "only_new"):
-        if result[what]:
-            lines.append(f"{what.replace('_', ' ')}: {len(result[what])} (e.g. {result[what][0]})")
+    if result["only_new"]:
+        lines.append(f"only new: {len(result['only_new'])} (e.g. {result['only_new'][0]})")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 import dataclasses
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,28 @@ def sm_clocks():
         return None, None
 
 
+class ClockSampler:
+    """The SM clock the kernels ran at: read while a timed loop runs (an idle GPU reports
+    its idle clock), keeping the highest reading. nvidia-smi takes ~0.1 s, so reads
+    are at least ``every`` seconds apart and cost a few % of a run at most."""
+
+    def __init__(self, read=lambda: sm_clocks()[0], every=2.0):
+        self.read, self.every = read, every
+        self.last, self.max_mhz = -math.inf, None
+
+    def __call__(self):
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        mhz = self.read()
+        if mhz:
+            self.max_mhz = max(self.max_mhz or 0, mhz)
+
+
 def environment() -> dict:
+    """Versions, GPU and its max SM clock; ``sm_clock_mhz`` (the clock under load) is
+    filled in by ``run`` from its ClockSampler."""
     import torch
     from fastcnn._info import environment as env
     out = env()
@@ -36,7 +58,7 @@ def environment() -> dict:
         out["sm_count"] = props.multi_processor_count
         out["gpu_memory_gib"] = round(props.total_memory / 2 ** 30, 1)
         out["capability"] = f"{props.major}.{props.minor}"
-        out["sm_clock_mhz"], out["sm_clock_max_mhz"] = sm_clocks()
+        out["sm_clock_mhz"], out["sm_clock_max_mhz"] = None, sm_clocks()[1]
     return out
 
 
@@ -64,24 +86,31 @@ class Progress:
         self.stream.flush()
 
 
-def run_cases(config: BenchConfig, items, timer=None, progress=None) -> dict:
+def run_cases(config: BenchConfig, items, timer=None, progress=None, results=None, clock=None) -> dict:
     """Time every case's contenders; a contender that fails is recorded with its error
-    and the run goes on. ``timer(fn) -> [ms, ...]`` (default: CUDA events)."""
+    and the run goes on. ``timer(fn) -> [ms, ...]`` (default: CUDA events, reading
+    ``clock`` while they run). Each result is appended to ``results`` (default: a new
+    list) when its case starts, so a caller whose run is interrupted still holds what
+    was measured."""
     if timer is None:
         from fastcnn.bench.timing import time_cuda
 
         def timer(fn):
-            return time_cuda(fn, config.warmup_ms, config.rep_ms)
+            return time_cuda(fn, config.warmup_ms, config.rep_ms, while_busy=clock)
     todo = [c for c in items if not isinstance(c, Skip)]
     skipped = [dataclasses.asdict(s) for s in items if isinstance(s, Skip)]
     progress = progress or Progress(len(todo))
-    results = []
+    results = [] if results is None else results
     for case in todo:
         timings = {}
+        results.append({"suite": case.suite, "name": case.name, "group": case.group, "key": case.key(),
+                        "dtype": case.dtype, "batch": case.batch, "pass": case.pass_, "flops": case.flops,
+                        "bytes": case.bytes, "items": case.items, "baseline": case.baseline, "bound": case.bound,
+                        "meta": case.meta, "timings": timings})
         try:
             fns = case.make()
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch
-            fns, timings = {}, {"setup": {"error": f"{type(e).__name__}: {e}"}}
+            fns, timings["setup"] = {}, {"error": f"{type(e).__name__}: {e}"}
         for name, fn in fns.items():
             try:
                 raw = [float(t) for t in timer(fn)]
@@ -89,13 +118,9 @@ def run_cases(config: BenchConfig, items, timer=None, progress=None) -> dict:
             except Exception as e:  # noqa: BLE001
                 timings[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         fns = None
+        results[-1]["flops"] = case.flops  # model suites count their FLOPs in make()
         _free_memory(config)
-        results.append({"suite": case.suite, "name": case.name, "group": case.group, "key": case.key(),
-                        "dtype": case.dtype, "batch": case.batch, "pass": case.pass_, "flops": case.flops,
-                        "bytes": case.bytes, "items": case.items, "baseline": case.baseline, "meta": case.meta,
-                        "timings": timings})
-        best = _best(results[-1])
-        progress.update(f"{case.group}  {best}")
+        progress.update(f"{case.group}  {_best(results[-1])}")
     return {"schema": rep.SCHEMA, "results": results, "skipped": skipped}
 
 
@@ -126,23 +151,50 @@ def _free_memory(config):
     torch.cuda.empty_cache()
 
 
-def run(config: BenchConfig, op_suites=None, model_suites=None, timer=None, progress=None, env=None) -> dict:
-    """Run the op suites, then the model suites, and return the derived report."""
+def run(config: BenchConfig, op_suites=None, model_suites=None, timer=None, progress=None, env=None,
+        out=None) -> dict:
+    """Run the op suites, then the model suites, and return the derived report.
+
+    When the run is interrupted (Ctrl-C, or an exception that escapes a suite), what was
+    measured so far is written to ``out`` (if given) as a report marked ``partial``, and
+    the exception goes on."""
     if config.device == "cuda":
         import torch
         torch.backends.cudnn.benchmark = True
-    items = []
-    if op_suites is None or op_suites:
-        items += cases(config, op_suites, kind="op")
-    if model_suites is None or model_suites:
-        items += cases(config, model_suites, kind="model")
-    report = run_cases(config, items, timer, progress)
+    items, results, clock = [], [], ClockSampler()
+    try:
+        if op_suites is None or op_suites:
+            items += cases(config, op_suites, kind="op")
+        if model_suites is None or model_suites:
+            items += cases(config, model_suites, kind="model")
+        report = run_cases(config, items, timer, progress, results, clock)
+    except (KeyboardInterrupt, Exception) as e:
+        if out is None:
+            raise
+        planned = sum(not isinstance(c, Skip) for c in items)
+        report = {"schema": rep.SCHEMA, "results": [r for r in results if r["timings"]],
+                  "skipped": [dataclasses.asdict(s) for s in items if isinstance(s, Skip)],
+                  "partial": {"reason": f"{type(e).__name__}: {e}".rstrip(": "),
+                              "cases_started": len(results), "cases_planned": planned}}
+        paths = write_report(_finish(report, config, env, clock), out, charts=False)
+        print(f"\nfastcnn bench: interrupted; the partial report is in {paths['markdown']} {paths['json']}",
+              file=sys.stderr)
+        raise
+    return _finish(report, config, env, clock)
+
+
+def _finish(report, config, env, clock):
+    """The report's environment, config and notes around the results; derived."""
     report["environment"] = env if env is not None else environment()
+    if clock.max_mhz is not None:
+        report["environment"]["sm_clock_mhz"] = clock.max_mhz
     report["config"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
     report["notes"] = ["Times are medians of CUDA-event timings after warm-up, with the L2 cache flushed "
                        "before every repetition; raw_ms holds every repetition.",
+                       "The SM clock is the highest read while timed loops ran.",
                        "Model FLOPs count the Conv2d and Linear layers only."]
-    report = {k: report[k] for k in ("schema", "environment", "config", "results", "skipped", "notes")}
+    keys = ("schema", "partial", "environment", "config", "results", "skipped", "notes")
+    report = {k: report[k] for k in keys if k in report}
     return rep.derive(rep.validate(report))
 
 

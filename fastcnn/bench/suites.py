@@ -1,6 +1,8 @@
-"""The built-in suites: conv2d and the fused conv-BN-ReLU (op level) and the model
-zoo (model level). See registry.py for how to add one."""
+"""The built-in suites: conv2d, winograd, the fused conv-BN-ReLU (training) and
+conv-BN-act (inference), depthwise, LRN, bias+activation and layer norm (op level)
+and the model zoo (model level). See registry.py for how to add one."""
 import copy
+import math
 
 from fastcnn.bench.registry import BenchConfig, Case, Skip, register_suite
 
@@ -9,6 +11,9 @@ OP_CONTENDERS = ("cudnn", "triton", "auto")
 WINOGRAD_CONTENDERS = ("cudnn", "cuda", "triton", "auto")
 WINOGRAD_TARGET_CHANNELS = 64
 MODEL_CONTENDERS = ("cudnn", "compile", "triton", "auto")
+# Row-wise ops: the eager PyTorch twin ("cudnn", as in every suite: what ATen runs),
+# that under torch.compile (Inductor fuses the same pass), and fastcnn.
+ROW_OP_CONTENDERS = ("cudnn", "compile", "triton", "auto")
 
 # The model suite's configured list (fastcnn.models names); those not registered are
 # skipped with a note. Aliases cover the spellings a family module may choose.
@@ -28,8 +33,7 @@ def _want(config, contenders):
 
 def conv_bytes(layer, batch, dtype) -> int:
     """Compulsory DRAM traffic of one forward call: read x and w, write y, once."""
-    p = (layer.h + 2 * layer.padding - layer.r) // layer.stride + 1
-    q = (layer.w + 2 * layer.padding - layer.s) // layer.stride + 1
+    p, q = layer.out_hw()
     elems = (batch * layer.c * layer.h * layer.w + layer.k * (layer.c // layer.groups) * layer.r * layer.s
              + batch * layer.k * p * q)
     return elems * ELEMENT_BYTES[dtype]
@@ -45,7 +49,7 @@ def _passes(config):
     return [False, True] if config.backward else [False]
 
 
-def _conv_cases(suite, layers, config, contenders, meta=lambda layer: {}):
+def _conv_cases(suite, layers, config, contenders, meta=lambda layer: {}, bound=None):
     """One case per (dtype, batch, layer, pass): ``ops.conv2d`` per contender and
     cuDNN on the same channels_last inputs. ``meta(layer)`` adds to the case's meta."""
     from fastcnn.bench.conv import conv_fn, layer_inputs, step_fn
@@ -64,7 +68,7 @@ def _conv_cases(suite, layers, config, contenders, meta=lambda layer: {}):
                     yield Case(suite=suite, name=layer.name, group=f"{suite}/{layer.name}/{dtype}/b{batch}/{pass_}",
                                make=make, flops=layer.flops(batch) * scale,
                                bytes=conv_bytes(layer, batch, dtype) * scale, dtype=dtype, batch=batch,
-                               pass_=pass_, meta={"layer": layer.__dict__.copy(), **meta(layer)})
+                               pass_=pass_, bound=bound, meta={"layer": layer.__dict__.copy(), **meta(layer)})
 
 
 @register_suite("conv2d", kind="op")
@@ -118,12 +122,12 @@ def conv_bn_relu_callables(layer, batch, dtype, config):
     for c in _want(config, OP_CONTENDERS):
         if c == "cudnn":
             block = torch.nn.Sequential(
-                torch.nn.Conv2d(layer.c, layer.k, layer.r, layer.stride, layer.padding, groups=layer.groups,
-                                bias=False),
+                torch.nn.Conv2d(layer.c, layer.k, layer.r, layer.stride, layer.padding, layer.dilation,
+                                layer.groups, bias=False),
                 torch.nn.BatchNorm2d(layer.k), torch.nn.ReLU(inplace=True))
         else:
-            block = fnn.ConvBNReLU(layer.c, layer.k, layer.r, layer.stride, layer.padding, groups=layer.groups,
-                                   algo=c)
+            block = fnn.ConvBNReLU(layer.c, layer.k, layer.r, layer.stride, layer.padding, layer.dilation,
+                                   layer.groups, algo=c)
         block = block.to(config.device).to(memory_format=torch.channels_last)
 
         def step(block=block):
@@ -140,7 +144,7 @@ def depthwise_suite(config: BenchConfig):
     memory-bound, so GB/s against the compulsory traffic is the figure to read."""
     from fastcnn.bench import layers as tables
     layers = tables.DEPTHWISE[::4] if config.quick else tables.DEPTHWISE
-    return _conv_cases("depthwise", layers, config, OP_CONTENDERS + ("cuda",))
+    return _conv_cases("depthwise", layers, config, OP_CONTENDERS + ("cuda",), bound="memory")
 
 
 @register_suite("lrn", kind="op")
@@ -148,9 +152,10 @@ def lrn_suite(config: BenchConfig):
     """Local response normalization on AlexNet's and GoogLeNet's shapes, channels_last.
     Forward reads x and writes y; forward+backward also reads dy and y, writes dx."""
     from fastcnn.bench.layers import LRN_LAYERS
+    layers = LRN_LAYERS[::2] if config.quick else LRN_LAYERS
     for dtype in config.dtypes:
         for batch in config.batches:
-            for name, c, h, w, size, alpha, beta, k in LRN_LAYERS:
+            for name, c, h, w, size, alpha, beta, k in layers:
                 for backward in _passes(config):
                     pass_ = "fwd+bwd" if backward else "fwd"
 
@@ -173,7 +178,129 @@ def lrn_suite(config: BenchConfig):
                     elems = batch * c * h * w
                     yield Case(suite="lrn", name=name, group=f"lrn/{name}/{dtype}/b{batch}/{pass_}", make=make,
                                flops=None, bytes=elems * ELEMENT_BYTES[dtype] * (6 if backward else 2),
-                               dtype=dtype, batch=batch, pass_=pass_, meta={"size": size})
+                               dtype=dtype, batch=batch, pass_=pass_, bound="memory", meta={"size": size})
+
+
+@register_suite("conv_bn_act", kind="op")
+def conv_bn_act_suite(config: BenchConfig):
+    """Inference conv -> BN -> ReLU on ResNet-50's layers: BN folded into the conv vs
+    eager cuDNN conv + BN + ReLU in eval mode."""
+    from fastcnn.bench.layers import RESNET50
+    layers = [l for l in RESNET50 if l.groups == 1]
+    layers = layers[::6] if config.quick else layers
+    for dtype in config.dtypes:
+        for batch in config.batches:
+            for layer in layers:
+                def make(layer=layer, batch=batch, dtype=dtype):
+                    return conv_bn_act_callables(layer, batch, dtype, config)
+                yield Case(suite="conv_bn_act", name=layer.name,
+                           group=f"conv_bn_act/{layer.name}/{dtype}/b{batch}/infer", make=make,
+                           flops=layer.flops(batch), bytes=conv_bytes(layer, batch, dtype), dtype=dtype,
+                           batch=batch, pass_="infer", meta={"layer": layer.__dict__.copy()})
+
+
+def conv_bn_act_callables(layer, batch, dtype, config):
+    """relu(bn(conv(x))) in eval mode on one set of weights and running statistics
+    (nothing requires grad, so no autograd graph is built): eager ATen as 'cudnn',
+    ``ops.conv_bn_act(training=False)`` (BN folded into the conv's weights and bias,
+    ReLU in its epilogue) per backend."""
+    import torch
+    import torch.nn.functional as F
+    from fastcnn import ops
+    from fastcnn.bench.conv import layer_inputs
+    dt, dev = _torch_dtype(dtype), config.device
+    x, w = layer_inputs(layer, batch, dt, dev)
+    gamma, beta = torch.rand(layer.k, device=dev, dtype=dt) + 0.5, torch.randn(layer.k, device=dev, dtype=dt)
+    mean, var = torch.randn(layer.k, device=dev, dtype=dt), torch.rand(layer.k, device=dev, dtype=dt) + 0.5
+    conv = (layer.stride, layer.padding, layer.dilation, layer.groups)
+
+    def eager():
+        return F.relu(F.batch_norm(F.conv2d(x, w, None, *conv), mean, var, gamma, beta, training=False))
+
+    def fused(algo):
+        return lambda: ops.conv_bn_act(x, w, None, gamma, beta, mean, var, training=False, stride=layer.stride,
+                                       padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                       activation="relu", algo=algo)
+    return {c: eager if c == "cudnn" else fused(c) for c in _want(config, OP_CONTENDERS)}
+
+
+def _row_op_cases(suite, layers, config, callables):
+    """One case per (dtype, batch, layer, pass) of an op over the last dim of
+    (batch, *shape) inputs (layers: (name, shape, ...)). Memory-bound: the forward
+    reads x and writes y, forward+backward also reads dy and x and writes dx (the
+    parameters and per-row statistics are small next to those)."""
+    layers = layers[::3] if config.quick else layers
+    for dtype in config.dtypes:
+        for batch in config.batches:
+            for layer in layers:
+                name, shape = layer[0], layer[1]
+                for backward in _passes(config):
+                    pass_ = "fwd+bwd" if backward else "fwd"
+
+                    def make(layer=layer, batch=batch, dtype=dtype, backward=backward):
+                        return callables(layer, batch, _torch_dtype(dtype), backward, config)
+                    yield Case(suite=suite, name=name, group=f"{suite}/{name}/{dtype}/b{batch}/{pass_}", make=make,
+                               bytes=batch * math.prod(shape) * ELEMENT_BYTES[dtype] * (5 if backward else 2),
+                               dtype=dtype, batch=batch, pass_=pass_, bound="memory",
+                               meta={"shape": list(shape), **({"activation": layer[2]} if len(layer) > 2 else {})})
+
+
+def _row_op_contenders(config, eager, fastcnn_op, args, backward):
+    """{contender: step} for a row-wise op: ``eager(*args)`` as 'cudnn' and under
+    torch.compile, ``fastcnn_op(*args, algo)`` per backend; with ``backward``,
+    gradients for every argument."""
+    import torch
+    from fastcnn.bench.conv import step_fn
+
+    def fn(contender):
+        if contender == "cudnn":
+            return eager
+        if contender == "compile":
+            return torch.compile(eager)
+        return lambda *a: fastcnn_op(*a, contender)
+    steps = {c: step_fn(fn(c), backward, wrt=tuple(range(len(args)))) for c in _want(config, ROW_OP_CONTENDERS)}
+    return {c: (lambda f=f: f(*args)) for c, f in steps.items()}
+
+
+@register_suite("bias_act", kind="op")
+def bias_act_suite(config: BenchConfig):
+    """act(x + bias) after the MLP Linear of ViT-B/L and ConvNeXt-T: fastcnn's one
+    pass vs eager PyTorch and torch.compile."""
+    from fastcnn.bench.layers import BIAS_ACT_LAYERS
+    return _row_op_cases("bias_act", BIAS_ACT_LAYERS, config, bias_act_callables)
+
+
+def bias_act_callables(layer, batch, dtype, backward, config):
+    import torch
+    from fastcnn import ops
+    from fastcnn.triton_kernels.reference import ACTIVATION_FNS
+    _, shape, activation = layer
+    x = torch.randn(batch, *shape, device=config.device, dtype=dtype, requires_grad=backward)
+    b = torch.randn(shape[-1], device=config.device, dtype=dtype, requires_grad=backward)
+    act = ACTIVATION_FNS[activation]
+    return _row_op_contenders(config, lambda x, b: act(x + b),
+                              lambda x, b, algo: ops.bias_act(x, b, activation, algo=algo), (x, b), backward)
+
+
+@register_suite("layer_norm", kind="op")
+def layer_norm_suite(config: BenchConfig):
+    """LayerNorm of ViT-B/L and ConvNeXt-T (channels_last): fastcnn vs F.layer_norm,
+    eager and under torch.compile."""
+    from fastcnn.bench.layers import LAYER_NORM_LAYERS
+    return _row_op_cases("layer_norm", LAYER_NORM_LAYERS, config, layer_norm_callables)
+
+
+def layer_norm_callables(layer, batch, dtype, backward, config):
+    import torch
+    import torch.nn.functional as F
+    from fastcnn import ops
+    _, shape = layer
+    n, dev = shape[-1], config.device
+    x = torch.randn(batch, *shape, device=dev, dtype=dtype, requires_grad=backward)
+    w = (torch.rand(n, device=dev, dtype=dtype) + 0.5).requires_grad_(backward)
+    b = torch.randn(n, device=dev, dtype=dtype, requires_grad=backward)
+    return _row_op_contenders(config, lambda x, w, b: F.layer_norm(x, (n,), w, b),
+                              lambda x, w, b, algo: ops.layer_norm(x, (n,), w, b, algo=algo), (x, w, b), backward)
 
 
 def _norm(name):
