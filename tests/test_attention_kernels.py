@@ -111,6 +111,23 @@ def test_forward_backward(shape, dtype):
     check(*make_qkv(B, H, Lq, Lk, D, dtype), causal=causal)
 
 
+@pytest.mark.parametrize("L", [197, 257])  # ViT-B/16 at 224 px, ViT-H/14: no multiple of any block
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "mask+causal"])
+def test_vit_sequence_lengths(L, masked):
+    """Forward and backward at ViT's token counts, where every tile loop ends in a
+    partial block; masked: an additive mask with -inf entries and a fully masked
+    query, and causal on top. One head keeps the interpreter to a few seconds."""
+    q, k, v = make_qkv(1, 1, L, L, 16, torch.float32)
+    mask = None
+    if masked:
+        mask = torch.randn(1, 1, L, L, device=DEVICE)
+        mask[torch.rand_like(mask) < 0.2] = float("-inf")
+        mask[0, 0, L - 2] = float("-inf")  # a query in the last, partial block sees nothing
+    o, lse, (dq, _, _) = check(q, k, v, mask=mask, causal=masked)
+    if masked:
+        assert (o[0, 0, L - 2] == 0).all() and lse[0, 0, L - 2] == float("-inf") and (dq[0, 0, L - 2] == 0).all()
+
+
 def test_float64_tight():
     """fp64 (the interpreter's gradcheck dtype): 1e-10 with mask, causal and a scale."""
     q, k, v = make_qkv(1, 2, 21, 29, 40, torch.float64)
@@ -227,8 +244,21 @@ def test_reasons_and_flops():
     assert any("dropout_p" in r for r in attn.attention_reasons(q, k, v, None, False, 1.0))
     huge = torch.empty(0, device="meta").as_strided((1, 1, 4, 64), (0, 0, 2**30, 1))  # rows 2^30 apart
     assert any("int32" in r for r in attn.attention_reasons(huge, k, v, None, False, 0.0))
-    assert attn.flops(2, 3, 5, 7, 8, False) == 4 * 2 * 3 * 5 * 7 * 8
-    assert attn.flops(2, 3, 5, 7, 8, True, backward=True) == 4 * 2 * 3 * 5 * 7 * 8 / 2 * 2.5
+
+
+def test_flops_and_traffic_bytes():
+    """By hand for B, H, Lq, Lk, D = 2, 3, 5, 7, 8: forward 4 * 1680 = 6720 FLOPs (two
+    matmuls of 2 * 1680 each), causal half; backward 2.5x, forward+backward 3.5x.
+    Bytes (2-byte inputs, fp32 lse/delta), per (b, h) slice: forward q, o 40 elements
+    each, k, v 56 each, lse 5 floats: 2 * 192 + 4 * 5 = 404; backward q, o, do, dq and
+    k, v, dk, dv: 2 * 384, lse read, delta written and read: 4 * 15, = 828; six slices."""
+    assert attn.flops(2, 3, 5, 7, 8, False) == 6720
+    assert attn.flops(2, 3, 5, 7, 8, True) == 3360
+    assert attn.flops(2, 3, 5, 7, 8, True, "bwd") == 8400
+    assert attn.flops(2, 3, 5, 7, 8, False, "fwd+bwd") == 23520
+    assert attn.traffic_bytes(2, 3, 5, 7, 8, 2, 4) == 6 * 404 == 2424
+    assert attn.traffic_bytes(2, 3, 5, 7, 8, 2, 4, "bwd") == 6 * 828 == 4968
+    assert attn.traffic_bytes(2, 3, 5, 7, 8, 2, 4, "fwd+bwd") == 2424 + 4968
 
 
 # ----------------------------------------------------------------------------- GPU sizes

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import fastcnn.nn
 from fastcnn import ops
 from fastcnn.nn import MultiheadSelfAttention
-from fastcnn.ops.attention import attention_backward_op, attention_op, keep_mask
+from fastcnn.ops.attention import _dropout_seed, attention_backward_op, attention_op, keep_mask
+from fastcnn.triton_kernels import attention as attn_kernels
 from helpers import DEVICE, DTYPES, assert_close, assert_grads_close, expanded_grad, leaves64
 
 ALGOS = ["triton", "reference"]
@@ -38,7 +39,15 @@ def sdpa64(q, k, v, **kwargs):
 
 
 def check_grads(out, ref, inputs, leaves, dtype=torch.float32, grad=None):
-    assert_grads_close(out, ref, inputs, leaves, dtype, grad=grad, factor=2, names=("dq", "dk", "dv"))
+    assert_grads_close(out, ref, inputs, leaves, dtype, grad=grad, factor=2, names=("dq", "dk", "dv", "dmask"))
+
+
+def dropout_oracle(q, k, v, keep, p, mask=None):
+    """softmax(q k^T / sqrt(D) + mask), dropped with the keep mask and rescaled, @ v:
+    the float64 oracle of seeded dropout."""
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    s = s if mask is None else s + mask
+    return (s.softmax(-1) * keep / (1 - p)) @ v
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -60,6 +69,21 @@ def test_dtypes_scale_and_expanded_grad(dtype):
     leaves, ref = sdpa64(q, k, v, scale=0.3)
     assert_close(out, ref, dtype, what="out")
     check_grads(out, ref, (q, k, v), leaves, dtype, grad=expanded_grad(ref.shape, torch.float64))
+
+
+def test_autocast_casts_before_the_checks():
+    """Under autocast the inputs are cast first (as SDPA's are), so the dtype check
+    sees what the kernels get: mixed fp32/fp16 inputs are fine there, not outside."""
+    q, k, v = qkv(1, 2, 9)
+    k16 = k.detach().half().requires_grad_()
+    with pytest.raises(TypeError, match="'key' has dtype"):
+        ops.attention(q, k16, v)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        out = ops.attention(q, k16, v)
+    assert out.dtype == torch.float16
+    leaves, ref = sdpa64(q, k16, v)
+    assert_close(out, ref, torch.float16, what="out")
+    check_grads(out, ref, (q, k16, v), leaves, torch.float16)
 
 
 def test_autocast_runs_in_the_autocast_dtype():
@@ -109,13 +133,59 @@ def test_fully_masked_rows_are_zero_with_zero_grads():
     assert torch.isfinite(q.grad).all() and (q.grad[:, :, 2:] == 0).all()
 
 
-def test_mask_requiring_grad_uses_sdpa_and_differentiates_it():
+def test_mask_requiring_grad_is_differentiated():
     q, k, v = qkv(1, 2, 5)
     mask = torch.randn(1, 2, 5, 5, device=DEVICE, requires_grad=True)
     with pytest.warns(UserWarning, match="attn_mask requires grad"):
-        out = ops.attention(q, k, v, attn_mask=mask)
-    out.sum().backward()
-    assert mask.grad is not None and mask.grad.abs().sum() > 0
+        out = ops.attention(q, k, v, attn_mask=mask, causal=True)
+    leaves = leaves64(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(*leaves[:3], attn_mask=_with_causal(leaves[3], True))
+    assert_close(out, ref, what="out")
+    check_grads(out, ref, (q, k, v, mask), leaves)
+
+
+def test_mask_requiring_grad_keeps_the_seeded_dropout():
+    """The differentiable path a mask requiring grad takes drops with the seed's keep
+    mask, as the kernels do: same output as without grad, gradients (the mask's too)
+    against the float64 oracle."""
+    q, k, v = qkv(1, 2, 9, dtype=torch.float64)
+    mask = torch.randn(2, 9, 9, device=DEVICE, dtype=torch.float64, requires_grad=True)  # broadcast over batch
+    p, seed = 0.3, 11
+    with pytest.warns(UserWarning, match="attn_mask requires grad"):
+        out = ops.attention(q, k, v, attn_mask=mask, dropout_p=p, seed=seed)
+    assert_close(out, ops.attention(q, k, v, attn_mask=mask.detach(), dropout_p=p, seed=seed).double(),
+                 torch.float64, what="grad path vs kernel")
+    leaves = leaves64(q, k, v, mask)
+    ref = dropout_oracle(*leaves[:3], keep_mask(seed, p, q, k), p, mask=leaves[3])
+    assert_close(out, ref, torch.float64, what="out")
+    check_grads(out, ref, (q, k, v, mask), leaves, torch.float64)
+
+
+@pytest.mark.parametrize("mask_dtype, q_dtype", [(torch.bool, torch.float32), (torch.float64, torch.float32),
+                                                 (torch.float32, torch.float16)])
+def test_expanded_mask_reaches_the_kernels_as_a_view(monkeypatch, mask_dtype, q_dtype):
+    """A (1, 1, L, L) mask expanded to (B, H, L, L) reaches the forward and backward
+    kernels as a stride-0 view of L*L elements, also when it had to be converted (bool
+    to additive, fp64 to fp32): no B*H*L*L copy."""
+    B, H, L = 2, 3, 9
+    seen = []
+    for name, at in (("attention_forward", 3), ("attention_backward", 6)):
+        def spy(*args, real=getattr(attn_kernels, name), at=at, **kwargs):
+            seen.append(args[at])
+            return real(*args, **kwargs)
+        monkeypatch.setattr(attn_kernels, name, spy)
+    q, k, v = qkv(B, H, L, dtype=q_dtype)
+    base = torch.rand(1, 1, L, L, device=DEVICE) > 0.3 if mask_dtype == torch.bool else \
+        torch.randn(1, 1, L, L, device=DEVICE, dtype=mask_dtype)
+    mask = base.expand(B, H, L, L)
+    out = ops.attention(q, k, v, attn_mask=mask, algo="triton")
+    out.backward(torch.randn_like(out))
+    assert len(seen) == 2
+    for m in seen:
+        assert m.shape == (B, H, L, L) and m.stride()[:2] == (0, 0)
+        assert m.untyped_storage().nbytes() == L * L * m.element_size()
+    leaves, ref = sdpa64(q, k, v, attn_mask=mask)
+    assert_close(out, ref.nan_to_num(0.0), what="out")
 
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -128,10 +198,8 @@ def test_dropout_is_replayed_by_seed(algo):
     assert torch.equal(out, again) and not torch.allclose(out, other)
     keep = keep_mask(1234, p, q, k)
     assert 0.5 < keep.float().mean().item() < 0.9
-    # the oracle: softmax, drop with the seed's keep mask, rescale
-    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-    s = leaves[0] @ leaves[1].transpose(-1, -2) / 32 ** 0.5
-    ref = (s.softmax(-1) * keep / (1 - p)) @ leaves[2]
+    leaves = leaves64(q, k, v)
+    ref = dropout_oracle(*leaves, keep, p)
     assert_close(out, ref, torch.float64, what="out")
     check_grads(out, ref, (q, k, v), leaves, torch.float64)
 
@@ -140,9 +208,10 @@ def test_dropout_forward_and_backward_backends_agree():
     """auto may send the forward and the backward to different backends: the seed's
     mask must be the same in both."""
     q, k, v = qkv(1, 2, 8, dtype=torch.float64)
-    out, lse = attention_op(q, k, v, None, False, 0.2, 0.25, 7, False, True, "triton")
+    seed = torch.tensor(7, device=DEVICE)
+    out, lse = attention_op(q, k, v, None, False, 0.2, 0.25, seed, False, True, "triton")
     do = torch.randn_like(out)
-    grads = [attention_backward_op(do, q, k, v, out, lse, None, False, 0.2, 0.25, 7, False, algo)
+    grads = [attention_backward_op(do, q, k, v, out, lse, None, False, 0.2, 0.25, seed, False, algo)
              for algo in ALGOS]
     for a, b in zip(*grads):
         assert_close(a, b.double(), torch.float64)
@@ -163,7 +232,7 @@ def test_empty_batch_and_no_grad_skips_lse():
     out = ops.attention(q, k, v)
     assert out.shape == (0, 2, 5, 32)
     q, k, v = qkv(1, 2, 5, requires_grad=False)
-    out, lse = attention_op(q, k, v, None, False, 0.5, 0.0, 0, False, False, "triton")
+    out, lse = attention_op(q, k, v, None, False, 0.5, 0.0, None, False, False, "triton")
     assert lse.numel() == 0
 
 
@@ -180,15 +249,17 @@ def test_noncontiguous_vit_layout():
     assert_close(qkv_.grad, torch.stack([t.grad for t in leaves]).permute(1, 3, 0, 2, 4), what="grad")
 
 
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_opcheck(with_mask):
+@pytest.mark.parametrize("with_mask, dropout_p", [(False, 0.0), (True, 0.0), (False, 0.2)])
+def test_opcheck(with_mask, dropout_p):
     q, k, v = qkv(1, 2, 7, 9)
     mask = torch.randn(1, 2, 7, 9, device=DEVICE) if with_mask else None
-    torch.library.opcheck(attention_op, (q, k, v, mask, False, 0.25, 0.0, 0, False, True, "triton"))
-    out, lse = attention_op(q, k, v, mask, False, 0.25, 0.0, 0, False, True, "triton")
+    seed = torch.tensor(3, device=DEVICE) if dropout_p else None
+    args = (mask, False, 0.25, dropout_p, seed)
+    torch.library.opcheck(attention_op, (q, k, v, *args, False, True, "triton"))
+    out, lse = attention_op(q, k, v, *args, False, True, "triton")
     do = torch.randn_like(out)
     # no double backward: everything but the autograd checks
-    torch.library.opcheck(attention_backward_op, (do, q, k, v, out, lse, mask, False, 0.25, 0.0, 0, False, "triton"),
+    torch.library.opcheck(attention_backward_op, (do, q, k, v, out, lse, *args, False, "triton"),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -199,6 +270,26 @@ def test_torch_compile_fullgraph():
     leaves, ref = sdpa64(q, k, v, is_causal=True)
     assert_close(out, ref)
     check_grads(out, ref, (q, k, v), leaves)
+
+
+def test_torch_compile_fullgraph_with_dropout():
+    """The default dropout seed is a device tensor drawn by a traced op: no graph
+    break. The same torch.manual_seed repeats the output, and the backward replays
+    the forward's mask (gradients against the oracle of that seed's keep mask)."""
+    q, k, v = qkv(1, 2, 9, dtype=torch.float64)
+    p = 0.3
+    fn = torch.compile(lambda q, k, v: ops.attention(q, k, v, dropout_p=p), fullgraph=True, backend="aot_eager")
+    torch.manual_seed(5)
+    seed = _dropout_seed(None, p, q)
+    torch.manual_seed(5)
+    out = fn(q, k, v)
+    torch.manual_seed(5)
+    assert torch.equal(fn(q, k, v), out)
+    assert not torch.equal(fn(q, k, v), out)  # the generator moved on: another mask
+    leaves = leaves64(q, k, v)
+    ref = dropout_oracle(*leaves, keep_mask(seed, p, q, k), p)
+    assert_close(out, ref, torch.float64, what="out")
+    check_grads(out, ref, (q, k, v), leaves, torch.float64)
 
 
 def test_fallback_warns_and_stays_right():
@@ -234,24 +325,27 @@ def _mha_pair(batch_first=True, dropout=0.0, bias=True):
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
-@pytest.mark.parametrize("masks", ["none", "padding", "bool2d", "float3d", "causal"])
+@pytest.mark.parametrize("masks", ["none", "padding", "bool2d", "float3d", "causal", "causal+padding"])
 def test_mha_matches_torch(batch_first, masks):
     torch_mha, ours = _mha_pair(batch_first)
     b, l = 2, 7
     x = torch.randn((b, l, 32) if batch_first else (l, b, 32), device=DEVICE, requires_grad=True)
     kwargs = {}
-    if masks == "padding":
+    if "padding" in masks:
         kwargs["key_padding_mask"] = torch.tensor([[False] * 7, [False] * 4 + [True] * 3], device=DEVICE)
     elif masks == "bool2d":
         kwargs["attn_mask"] = torch.rand(l, l, device=DEVICE) > 0.7
         kwargs["attn_mask"].fill_diagonal_(False)
     elif masks == "float3d":
         kwargs["attn_mask"] = torch.randn(b * 2, l, l, device=DEVICE)
-    elif masks == "causal":
+    if masks == "causal":
         kwargs.update(attn_mask=torch.nn.Transformer.generate_square_subsequent_mask(l, device=DEVICE),
                       is_causal=True)
+    elif masks == "causal+padding":  # bool, like the padding mask (torch deprecates mixing the two)
+        kwargs.update(attn_mask=torch.ones(l, l, dtype=torch.bool, device=DEVICE).triu(1), is_causal=True)
     out, weights = ours(x, x, x, need_weights=False, **kwargs)
-    ref, _ = torch_mha(x, x, x, need_weights=False, **kwargs)
+    # torch given the explicit masks alone: no is_causal hint to act on
+    ref, _ = torch_mha(x, x, x, need_weights=False, **{k: m for k, m in kwargs.items() if k != "is_causal"})
     assert weights is None
     assert_close(out, ref.double(), factor=3, what="out")
     g_ours = torch.autograd.grad(out.sum(), (x, torch_mha.in_proj_weight))

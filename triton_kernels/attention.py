@@ -91,16 +91,34 @@ def attention_backward_reference(do, q, k, v, mask=None, causal=False, scale=Non
     return tuple(g if g is not None else torch.zeros_like(t) for g, t in zip((dq, dk, dv), (q, k, v)))
 
 
-def flops(B, H, Lq, Lk, D, causal, backward=False):
-    """FLOPs of the two matmuls (q k^T and p v: 2 * 2 * B*H*Lq*Lk*D), about halved by a
-    causal mask; the backward does 2.5x the forward's (five matmuls instead of two)."""
-    f = 4.0 * B * H * Lq * Lk * D
-    if causal:
-        f /= 2.0
-    return f * 2.5 if backward else f
+def flops(B, H, Lq, Lk, D, causal, pass_="fwd"):
+    """FLOPs of one call, FlashAttention's convention (benchmarks/benchmark_flash_attention.py
+    of Dao-AILab/flash-attention): the forward's two matmuls, q k^T and p v, are
+    2 * 2 * B*H*Lq*Lk*D, halved by a causal mask; the backward's five (s = q k^T
+    recomputed, dp = do v^T, dv = p^T do, dq = ds k, dk = ds^T q) are 2.5x that, so
+    ``pass_`` "fwd", "bwd", "fwd+bwd" is 1x, 2.5x, 3.5x. Softmax and dropout are not counted."""
+    f = 4.0 * B * H * Lq * Lk * D / (2.0 if causal else 1.0)
+    return f * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[pass_]
+
+
+def traffic_bytes(B, H, Lq, Lk, D, elem_bytes, acc_bytes, pass_="fwd"):
+    """DRAM bytes one call must move: each tensor the kernels read or write, once
+    (elem_bytes: q's dtype; acc_bytes: lse and delta, fp32 or fp64). The forward reads
+    q, k, v and writes o and lse; the backward's delta kernel reads o, do and writes
+    delta, its dk/dv kernel reads q, k, v, do, lse, delta and writes dk, dv and dq.
+    Re-reads that L2 does not absorb (the K/V tiles of each query block) come on top."""
+    q, kv = Lq * D, Lk * D
+    fwd = elem_bytes * (2 * q + 2 * kv) + acc_bytes * Lq              # q, k, v, o; lse
+    bwd = elem_bytes * (4 * q + 4 * kv) + acc_bytes * 3 * Lq          # q, o, do, dq, k, v, dk, dv; lse, delta x2
+    return B * H * {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_]
 
 
 MAX_HEAD_DIM = 256
+
+
+def mask_dtypes(dtype: torch.dtype) -> tuple:
+    """The additive-mask dtypes the kernels read for inputs of ``dtype``."""
+    return (dtype, torch.float32)
 
 
 def attention_reasons(q, k, v, mask, causal, dropout_p):
@@ -114,7 +132,7 @@ def attention_reasons(q, k, v, mask, causal, dropout_p):
         reasons.append(f"head_dim {d} > {MAX_HEAD_DIM}")
     if d == 0:
         reasons.append("head_dim 0")
-    if mask is not None and mask.dtype not in (q.dtype, torch.float32):
+    if mask is not None and mask.dtype not in mask_dtypes(q.dtype):
         reasons.append(f"mask dtype {mask.dtype} (the kernels take an additive mask in q's dtype or float32)")
     if not 0.0 <= dropout_p < 1.0:
         reasons.append(f"dropout_p {dropout_p} outside [0, 1)")
@@ -215,11 +233,12 @@ def _scores(s, i, j, msk_base, msk_sQ, msk_sK, Lq, Lk, qk_scale, mask_scale,
 
 
 @triton.jit
-def _dropout_keep(seed, dropout_p, bh, i, j, Lq, Lk):
+def _dropout_keep(seed_ptr, dropout_p, bh, i, j, Lq, Lk):
     """Keep-mask of a tile (i, j broadcastable 2-d): philox number of the flat index
-    ((b*H + h)*Lq + i)*Lk + j >= dropout_p."""
+    ((b*H + h)*Lq + i)*Lk + j >= dropout_p. The seed is read from device memory, so
+    a seed drawn on the device (torch.compile, CUDA graphs) never visits the host."""
     offset = (bh * Lq + i.to(tl.int64)) * Lk + j.to(tl.int64)
-    return tl.rand(seed, offset) >= dropout_p
+    return tl.rand(tl.load(seed_ptr), offset) >= dropout_p
 
 
 @triton.jit
@@ -247,7 +266,7 @@ def _attention_forward_kernel(
     o_sB, o_sH, o_sL, o_sD,
     lse_sB, lse_sH, lse_sL,
     H, Lq, Lk, D,
-    qk_scale, mask_scale, ln2, dropout_p, keep_scale, seed,
+    qk_scale, mask_scale, ln2, dropout_p, keep_scale, seed_ptr,
     HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -293,7 +312,7 @@ def _attention_forward_kernel(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:
-            p = tl.where(_dropout_keep(seed, dropout_p, bh, offs_m[:, None], cols[None, :], Lq, Lk), p, 0.0)
+            p = tl.where(_dropout_keep(seed_ptr, dropout_p, bh, offs_m[:, None], cols[None, :], Lq, Lk), p, 0.0)
         v = tl.load(v_base + start_n * v_sL + v_off, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC, out_dtype=ACC)
         m_i = m_new
@@ -325,6 +344,19 @@ def _dropout_factor(dropout_p):
     return 0.0 if dropout_p >= 1.0 else 1.0 / (1.0 - dropout_p)
 
 
+def as_seed(seed, device) -> torch.Tensor:
+    """The dropout seed as the kernels read it: a 0-d int64 tensor on ``device`` (an
+    int or a tensor; a tensor already there is passed through, no copy)."""
+    if isinstance(seed, torch.Tensor):
+        return seed.to(device=device, dtype=torch.int64).reshape(())
+    return torch.tensor(int(seed), dtype=torch.int64, device=device)
+
+
+def _seed_arg(seed, dropout_p, q):
+    """The kernels' seed pointer; without dropout it is never read, so q stands in."""
+    return as_seed(seed, q.device) if dropout_p > 0.0 else q
+
+
 def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.0, seed=0):
     """(o, lse): o (B, H, Lq, D) contiguous in q's dtype, lse (B, H, Lq) contiguous fp32
     (fp64 for fp64), for q, k, v and an expanded additive mask of any strides."""
@@ -347,7 +379,8 @@ def attention_forward(q, k, v, mask=None, causal=False, scale=None, dropout_p=0.
         q, k, v, msk, o, lse,
         *q.stride(), *k.stride(), *v.stride(), *msk_strides, *o.stride(), *lse.stride(),
         H, Lq, Lk, D,
-        default_scale(D, scale) * LOG2E, LOG2E, LN2, float(dropout_p), _dropout_factor(dropout_p), int(seed),
+        default_scale(D, scale) * LOG2E, LOG2E, LN2, float(dropout_p), _dropout_factor(dropout_p),
+        _seed_arg(seed, dropout_p, q),
         HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
         ACC=acc_tl, PREC=prec, BLOCK_D=_block_d(D))
     return o, lse
@@ -405,7 +438,7 @@ def _attention_dkdv_kernel(
     do_sB, do_sH, do_sL, do_sD,
     lse_sB, lse_sH, lse_sL,
     H, Lq, Lk, D,
-    scale, qk_scale, mask_scale, dropout_p, keep_scale, seed,
+    scale, qk_scale, mask_scale, dropout_p, keep_scale, seed_ptr,
     HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -452,7 +485,7 @@ def _attention_dkdv_kernel(
         pT = tl.exp2(sT - tl.where(lse2 == float("-inf"), 0.0, lse2)[None, :])
         dpT = tl.dot(v, tl.trans(do), input_precision=PREC, out_dtype=ACC)
         if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, bh, rows[None, :], offs_n[:, None], Lq, Lk)
+            keep = _dropout_keep(seed_ptr, dropout_p, bh, rows[None, :], offs_n[:, None], Lq, Lk)
             dpT = tl.where(keep, dpT * keep_scale, 0.0)
             pT_drop = tl.where(keep, pT * keep_scale, 0.0)
         else:
@@ -486,7 +519,7 @@ def _attention_dq_kernel(
     do_sB, do_sH, do_sL, do_sD,
     lse_sB, lse_sH, lse_sL,
     H, Lq, Lk, D,
-    scale, qk_scale, mask_scale, dropout_p, keep_scale, seed,
+    scale, qk_scale, mask_scale, dropout_p, keep_scale, seed_ptr,
     HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -525,7 +558,7 @@ def _attention_dq_kernel(
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, vT, input_precision=PREC, out_dtype=ACC)
         if DROPOUT:
-            keep = _dropout_keep(seed, dropout_p, bh, offs_m[:, None], cols[None, :], Lq, Lk)
+            keep = _dropout_keep(seed_ptr, dropout_p, bh, offs_m[:, None], cols[None, :], Lq, Lk)
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = (p * (dp - delta[:, None])).to(kT.dtype)
         dq = tl.dot(ds, tl.trans(kT), dq, input_precision=PREC, out_dtype=ACC)
@@ -559,7 +592,8 @@ def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None,
     flags = dict(HAS_MASK=mask is not None, CAUSAL=bool(causal), DROPOUT=dropout_p > 0.0,
                  ACC=acc_tl, PREC=prec, BLOCK_D=block_d)
     sm_scale = default_scale(D, scale)
-    floats = (sm_scale, sm_scale * LOG2E, LOG2E, float(dropout_p), _dropout_factor(dropout_p), int(seed))
+    floats = (sm_scale, sm_scale * LOG2E, LOG2E, float(dropout_p), _dropout_factor(dropout_p),
+              _seed_arg(seed, dropout_p, q))
     strides = (*q.stride(), *k.stride(), *v.stride(), *msk_strides, *do.stride(), *lse.stride())
     dq_acc = dq if deterministic or q.dtype == acc_torch else torch.zeros(q.shape, dtype=acc_torch, device=q.device)
 
@@ -579,14 +613,14 @@ def attention_backward(do, q, k, v, o, lse, mask=None, causal=False, scale=None,
 @triton.jit
 def _dropout_keep_kernel(
     keep_ptr,  # (B*H*Lq, Lk) contiguous bool (as int8)
-    R, Lk, dropout_p, seed,
+    R, Lk, dropout_p, seed_ptr,  # seed_ptr: 0-d int64
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_n, pid_r = _tile_and_slice(tl.cdiv(Lk, BLOCK_N))  # one grid axis, as the attention kernels
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # Row r = (b*H + h)*Lq + i, so bh = 0 and Lq = R reproduce the attention kernels' offsets.
-    keep = _dropout_keep(seed, dropout_p, 0, offs_r[:, None], offs_n[None, :], R, Lk)
+    keep = _dropout_keep(seed_ptr, dropout_p, 0, offs_r[:, None], offs_n[None, :], R, Lk)
     out = offs_r.to(tl.int64)[:, None] * Lk + offs_n[None, :]
     tl.store(keep_ptr + out, keep.to(tl.int8), mask=(offs_r < R)[:, None] & (offs_n < Lk)[None, :])
 
@@ -598,5 +632,5 @@ def dropout_keep_mask(seed, dropout_p, B, H, Lq, Lk, device):
     R = B * H * Lq
     if keep.numel():
         _dropout_keep_kernel[(triton.cdiv(R, 16) * triton.cdiv(Lk, 64),)](
-            keep, R, Lk, float(dropout_p), int(seed), BLOCK_R=16, BLOCK_N=64)
+            keep, R, Lk, float(dropout_p), as_seed(seed, device), BLOCK_R=16, BLOCK_N=64)
     return keep.bool()

@@ -5,7 +5,13 @@ Contenders: ``cudnn`` is SDPA as PyTorch dispatches it (the baseline);
 ``sdpa_flash`` and ``sdpa_cudnn`` pin SDPA to its FlashAttention-2 and cuDNN
 backends (left out of a case where PyTorch cannot run them); ``triton`` and
 ``auto`` are fastcnn. Inputs are (batch, heads, seq, head_dim) views of one
-(batch, seq, 3, heads, head_dim) projection, as a ViT block produces them."""
+(batch, seq, 3, heads, head_dim) projection, as a ViT block produces them.
+
+FLOPs and bytes are those of fastcnn.triton_kernels.attention.flops / traffic_bytes
+(FlashAttention's FLOP convention; each tensor the kernels touch, once). fp32 cases
+record in meta "peak_dtype" the rate they run at: "tf32" only where
+torch.backends.cuda.matmul.allow_tf32 is on (the flag attention follows, off by
+default; cuDNN's convolution flag is not it), else the FMA rate "fp32"."""
 from fastcnn.bench.registry import BenchConfig, Case, register_suite
 
 # name: (heads, head_dim, sequence length); ViT paper Table 1, 224x224 (and 384x384) images
@@ -87,9 +93,15 @@ def attention_callables(contenders, q, k, v, causal, backward):
 def attention_suite(config: BenchConfig):
     """Fused attention on ViT-B/L/H shapes (batch 64 and 256) and long sequences
     (1k..16k tokens, head_dim 64 and 128, causal and not)."""
+    import torch
+
+    from fastcnn.bench.peaks import compute_dtype as peak_dtype
     from fastcnn.bench.suites import ELEMENT_BYTES, _passes, _torch_dtype, _want
-    from fastcnn.triton_kernels.attention import flops
+    from fastcnn.triton_kernels.attention import flops, traffic_bytes
+    from fastcnn.triton_kernels.reference import compute_dtype
     for dtype in config.dtypes:
+        acc_bytes = compute_dtype(_torch_dtype(dtype)).itemsize  # lse and delta
+        peak = peak_dtype(dtype, tf32=torch.backends.cuda.matmul.allow_tf32)
         for name, batch, heads, seq, head_dim, causal in shapes(config):
             for backward in _passes(config):
                 pass_ = "fwd+bwd" if backward else "fwd"
@@ -100,8 +112,10 @@ def attention_suite(config: BenchConfig):
                                                     requires_grad=backward)
                     return attention_callables(_want(config, CONTENDERS), q, k, v, causal, backward)
 
-                io = 4 * batch * heads * seq * head_dim * ELEMENT_BYTES[dtype]  # q, k, v read; out written
+                dims = (batch, heads, seq, seq, head_dim)
                 yield Case(suite="attention", name=name, group=f"attention/{name}/{dtype}/b{batch}/{pass_}",
-                           make=make, flops=flops(batch, heads, seq, seq, head_dim, causal, backward),
-                           bytes=io * (2.5 if backward else 1), dtype=dtype, batch=batch, pass_=pass_,
-                           meta={"heads": heads, "seq": seq, "head_dim": head_dim, "causal": causal})
+                           make=make, flops=flops(*dims, causal, pass_),
+                           bytes=traffic_bytes(*dims, ELEMENT_BYTES[dtype], acc_bytes, pass_),
+                           dtype=dtype, batch=batch, pass_=pass_,
+                           meta={"heads": heads, "seq": seq, "head_dim": head_dim, "causal": causal,
+                                 "peak_dtype": peak})

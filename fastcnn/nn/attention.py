@@ -46,8 +46,12 @@ class MultiheadSelfAttention(torch.nn.MultiheadAttention):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         q, k, v = self._project(query, key, value, self_attention)
-        mask = None if is_causal else self._additive_mask(attn_mask, key_padding_mask, q)
-        out = ops.attention(q, k, v, causal=is_causal, attn_mask=mask,
+        # As torch: is_causal lets the kernel build the causal mask itself only when no
+        # padding mask must be merged in; otherwise attn_mask (which is_causal says is
+        # the causal mask) and key_padding_mask become one mask, and is_causal is off.
+        causal = is_causal and key_padding_mask is None
+        mask = None if causal else self._additive_mask(attn_mask, key_padding_mask, q)
+        out = ops.attention(q, k, v, causal=causal, attn_mask=mask,
                             dropout_p=self.dropout if self.training else 0.0, algo=self.algo)
         batch, length = out.shape[0], out.shape[2]
         out = self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))

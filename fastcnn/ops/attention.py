@@ -15,9 +15,11 @@ Backends (``algo``, see fastcnn.ops):
   dropout mask or promise determinism, so it refuses those calls.
 - "reference": plain PyTorch math (materializes the scores).
 
-Dropout is replayed from ``seed`` by every backend that takes it (the keep mask of
-a (seed, p, shape) is the one ``dropout_keep_mask`` gives), so a forward and a
-backward that auto sends to different backends still agree.
+Dropout is replayed from ``seed`` (a 0-d int64 tensor on the inputs' device, None
+without dropout) by every backend that takes it (the keep mask of a (seed, p, shape)
+is the one ``dropout_keep_mask`` gives), so a forward and a backward that auto sends
+to different backends still agree. The seed is a tensor, not an int, so that drawing
+it is a traced op, not a host sync: torch.compile(fullgraph=True) keeps one graph.
 """
 import math
 import warnings
@@ -44,14 +46,23 @@ def _empty_lse(q):
 
 
 def keep_mask(seed, dropout_p, q, k):
-    """The dropout keep mask (B, H, Lq, Lk) of ``seed``: the Triton kernels' own
-    Philox stream wherever Triton runs (GPU or interpreter), else a torch generator
-    (plain CPU, where only "reference" runs, so forward and backward still agree)."""
+    """The dropout keep mask (B, H, Lq, Lk) of ``seed`` (a 0-d tensor or an int): the
+    Triton kernels' own Philox stream wherever Triton runs (GPU or interpreter), else
+    a torch generator (plain CPU, where only "reference" runs, so forward and backward
+    still agree)."""
     b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     if q.is_cuda or interpret_mode():
         return attn_kernels.dropout_keep_mask(seed, dropout_p, b, h, lq, lk, q.device)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     return (torch.rand((b, h, lq, lk), generator=gen) >= dropout_p).to(q.device)
+
+
+def _broadcast_apply(t, fn):
+    """fn(t) computed on t's distinct elements only: dims of stride 0 are cut to size 1
+    before fn and expanded back after, so an expanded mask stays a stride-0 view
+    (``.to(dtype)`` of it would write all B*H*Lq*Lk elements)."""
+    base = t[tuple(slice(0, 1) if st == 0 else slice(None) for st in t.stride())]
+    return fn(base).expand(t.shape)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -81,15 +92,14 @@ def _sdpa_mask(q, k, mask, causal):
     (top-left aligned, as SDPA's is_causal)."""
     if not (causal and mask is not None):
         return mask, causal
-    lq, lk = q.shape[2], k.shape[2]
-    visible = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
-    return mask.masked_fill(~visible, float("-inf")), False
+    hidden = ~attn_kernels.causal_mask(q.shape[2], k.shape[2], q.device)
+    return _broadcast_apply(mask, lambda m: m.masked_fill(hidden, float("-inf"))), False
 
 
 def _sdpa(q, k, v, mask, causal, scale):
     mask, causal = _sdpa_mask(q, k, mask, causal)
-    if mask is not None:
-        mask = mask.to(q.dtype)
+    if mask is not None:  # SDPA wants q's dtype
+        mask = _broadcast_apply(mask, lambda m: m.to(q.dtype))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
 
 
@@ -168,10 +178,12 @@ def _out_shape(q, v):
 
 @torch.library.custom_op("fastcnn::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], causal: bool, scale: float,
-                 dropout_p: float, seed: int, deterministic: bool, save_lse: bool,
+                 dropout_p: float, seed: Optional[Tensor], deterministic: bool, save_lse: bool,
                  algo: str) -> Tuple[Tensor, Tensor]:
     # deterministic is for the backward (setup_context keeps it); the forward is
     # deterministic anyway.
+    if dropout_p > 0 and seed is None:
+        raise ValueError(f"{OP}: dropout_p > 0 needs a seed (a 0-d int64 tensor)")
     out, lse = forward_dispatch(algo, q, k, v, mask, causal, scale, dropout_p, seed, save_lse)
     lse = lse.to(compute_dtype(q.dtype)).contiguous() if save_lse else _empty_lse(q)
     return out.to(q.dtype).contiguous(), lse
@@ -185,7 +197,8 @@ def _(q, k, v, mask, causal, scale, dropout_p, seed, deterministic, save_lse, al
 
 @torch.library.custom_op("fastcnn::attention_backward", mutates_args=())
 def attention_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                          mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float, seed: int,
+                          mask: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
+                          seed: Optional[Tensor],
                           deterministic: bool, algo: str) -> Tuple[Tensor, Tensor, Tensor]:
     grads = backward_dispatch(algo, grad_out, q, k, v, out, lse, mask, causal, scale, dropout_p, seed,
                               deterministic)
@@ -200,16 +213,16 @@ def _(grad_out, q, k, v, out, lse, mask, causal, scale, dropout_p, seed, determi
 def _setup(ctx, inputs, output):
     q, k, v, mask, causal, scale, dropout_p, seed, deterministic, save_lse, algo = inputs
     out, lse = output
-    ctx.params = (causal, scale, dropout_p, seed, deterministic, algo)
+    ctx.params = (causal, scale, dropout_p, deterministic, algo)
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, mask, out, lse)
+    ctx.save_for_backward(q, k, v, mask, out, lse, seed)  # the seed: the backward replays the forward's mask
 
 
 def _backward(ctx, grad_out, grad_lse):
     # lse is auxiliary (non-differentiable); the mask's gradient is not computed here
-    # (the public wrapper sends masks that require grad to PyTorch's SDPA).
-    q, k, v, mask, out, lse = ctx.saved_tensors
-    causal, scale, dropout_p, seed, deterministic, algo = ctx.params
+    # (the public wrapper sends masks that require grad to the differentiable reference).
+    q, k, v, mask, out, lse, seed = ctx.saved_tensors
+    causal, scale, dropout_p, deterministic, algo = ctx.params
     none = (None,) * 8
     if grad_out is None or not any(ctx.needs_input_grad[:3]):
         return (None, None, None) + none
@@ -224,19 +237,36 @@ attention_op.register_autograd(_backward, setup_context=_setup)
 # ----------------------------------------------------------------------------- public API
 
 def _additive_mask(attn_mask, q, k):
-    """SDPA's attn_mask as an additive float mask expanded to (B, H, Lq, Lk): a bool
-    mask's True means "takes part" (False becomes -inf)."""
+    """SDPA's attn_mask as an additive float mask expanded to (B, H, Lq, Lk), in a
+    dtype the kernels take: a bool mask's True means "takes part" (False becomes
+    -inf). Broadcast dims stay stride 0, converted or not (_broadcast_apply)."""
     if attn_mask.dtype != torch.bool:
         check_tensor(OP, "attn_mask", attn_mask)
     shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if attn_mask.dtype == torch.bool:
-        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-            ~attn_mask, float("-inf"))
     try:
-        return attn_mask.expand(shape)
+        mask = attn_mask.expand(shape)
     except RuntimeError:
         raise ValueError(f"{OP}: argument 'attn_mask' of shape {tuple(attn_mask.shape)} does not broadcast "
                          f"to (batch, heads, Lq, Lk) = {shape}") from None
+    if mask.dtype == torch.bool:
+        return _broadcast_apply(mask, lambda m: torch.zeros(m.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~m, float("-inf")))
+    if mask.dtype not in attn_kernels.mask_dtypes(q.dtype):
+        return _broadcast_apply(mask, lambda m: m.to(compute_dtype(q.dtype)))
+    return mask
+
+
+def _dropout_seed(seed, dropout_p, q):
+    """None without dropout, else the seed as a 0-d int64 tensor on q's device. The
+    default one is drawn there from torch's generator for that device: seeded by
+    torch.manual_seed, traced by torch.compile (no host int, no graph break), and
+    fresh at every replay of a CUDA graph (graph-safe Philox offsets, "Note [CUDA
+    Graph-safe RNG states]" in ATen's CUDAGeneratorImpl.h)."""
+    if dropout_p == 0:
+        return None
+    if seed is None:
+        return torch.randint(0, 2 ** 62, (), dtype=torch.int64, device=q.device)
+    return attn_kernels.as_seed(seed, q.device)
 
 
 def check_attention_args(q, k, v, attn_mask, dropout_p):
@@ -265,25 +295,24 @@ def attention(query, key, value, *, causal=False, scale=None, attn_mask=None, dr
     ``attn_mask``: bool (True = takes part) or additive float, broadcastable to
     (batch, heads, Lq, Lk); with ``causal`` too, both apply. ``causal`` is SDPA's
     top-left aligned lower triangle. ``dropout_p`` drops attention weights with a
-    mask drawn from ``seed`` (an int; by default one drawn from torch's CPU
-    generator, so ``torch.manual_seed`` makes runs repeatable). The seed is a
-    host-side int: a captured CUDA graph replays the mask of capture time, so capture
-    dropout models with dropout off or re-capture per step. ``deterministic``
-    (or ``torch.use_deterministic_algorithms(True)``) makes the backward bitwise
-    reproducible. A float mask that requires grad runs on PyTorch's SDPA, which
-    differentiates it."""
+    mask drawn from ``seed`` (an int or a 0-d integer tensor; by default one drawn on
+    the inputs' device from torch's generator, so ``torch.manual_seed`` makes runs
+    repeatable). ``deterministic`` (or ``torch.use_deterministic_algorithms(True)``)
+    makes the backward bitwise reproducible. A float mask that requires grad runs the
+    differentiable reference (which materializes the scores), with the same seeded
+    dropout mask."""
+    query, key, value = autocast(query, key, value)  # first: the checks see what the kernels get
     check_attention_args(query, key, value, attn_mask, dropout_p)
-    query, key, value = autocast(query, key, value)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-    if attn_mask is not None and attn_mask.requires_grad:
-        warnings.warn(f"{OP}: attn_mask requires grad; using PyTorch's scaled_dot_product_attention", stacklevel=2)
-        mask, is_causal = _sdpa_mask(query, key, attn_mask, causal)
-        return F.scaled_dot_product_attention(query, key, value, mask, dropout_p, is_causal, scale=scale)
     mask = None if attn_mask is None else _additive_mask(attn_mask, query, key)
-    if dropout_p > 0 and seed is None:
-        seed = int(torch.randint(0, 2 ** 62, (), device="cpu"))
+    seed = _dropout_seed(seed, dropout_p, query)
+    if mask is not None and mask.requires_grad:
+        warnings.warn(f"{OP}: attn_mask requires grad; using the differentiable reference", stacklevel=2)
+        out, _ = attn_kernels.attention_reference(query, key, value, mask, causal, scale, dropout_p,
+                                                  _dropout_mask(seed, dropout_p, query, key))
+        return out
     save_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     deterministic = bool(deterministic) or torch.are_deterministic_algorithms_enabled()
-    out, _ = attention_op(query, key, value, mask, bool(causal), scale, float(dropout_p), int(seed or 0),
+    out, _ = attention_op(query, key, value, mask, bool(causal), scale, float(dropout_p), seed,
                           deterministic, save_lse, algo)
     return out

@@ -1,0 +1,42 @@
+"""The attention bench suite (fastcnn/bench/attention.py): its FLOP and byte counts
+and peak rate, by hand."""
+import pytest
+import torch
+
+from fastcnn.bench.registry import BenchConfig, cases
+
+
+def attention_cases(**config):
+    return {c.group: c for c in cases(BenchConfig(device="cpu", **config), ["attention"])}
+
+
+def test_vit_b_16_flops_and_bytes():
+    """ViT-B/16, batch 64, bf16: B*H = 768 slices of 197 tokens, head_dim 64 (12608
+    elements per q, k, v, o, ... slice). FLOPs 4 * 768 * 197^2 * 64 = 7630159872 forward,
+    3.5x that forward+backward (FlashAttention's count). Bytes per slice: forward
+    q, k, v, o (2 * 4 * 12608) + the fp32 lse (4 * 197) = 101652; forward+backward
+    twelve such tensors (forward's four, then q, k, v, o, do, dq, dk, dv) = 302592,
+    + lse written and read and delta written and read (4 * 4 * 197) = 305744."""
+    got = attention_cases(dtypes=("bf16",), batches=(64,), backward=True)
+    fwd, both = got["attention/vit_b_16/bf16/b64/fwd"], got["attention/vit_b_16/bf16/b64/fwd+bwd"]
+    assert fwd.flops == 7630159872 and both.flops == 26705559552
+    assert fwd.bytes == 768 * 101652 == 78068736
+    assert both.bytes == 768 * 305744 == 234811392
+
+
+def test_causal_long_sequence_flops_are_halved():
+    got = attention_cases(dtypes=("fp16",), batches=(8,))
+    full, causal = got["attention/seq2048_d128/fp16/b8/fwd"], got["attention/seq2048_d128_causal/fp16/b8/fwd"]
+    assert full.flops == 4 * 8 * 16 * 2048 * 2048 * 128 == 2 * causal.flops
+    assert full.bytes == causal.bytes  # a causal mask skips work, not tensors
+
+
+@pytest.mark.parametrize("allow_tf32, want", [(False, "fp32"), (True, "tf32")])
+def test_fp32_peak_follows_the_matmul_tf32_flag(monkeypatch, allow_tf32, want):
+    """Attention's fp32 matmuls follow torch.backends.cuda.matmul.allow_tf32 (off by
+    default), not cuDNN's convolution flag: the FMA peak unless it is on."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    got = attention_cases(dtypes=("fp32", "bf16"), batches=(64,))
+    assert got["attention/vit_b_16/fp32/b64/fwd"].meta["peak_dtype"] == want
+    assert got["attention/vit_b_16/bf16/b64/fwd"].meta["peak_dtype"] == "bf16"
