@@ -1,5 +1,5 @@
-"""The attention bench suite (fastcnn/bench/attention.py): its FLOP and byte counts
-and peak rate, by hand."""
+"""The attention bench suite (fastcnn/bench/attention.py): its batches follow the
+config's (``--batch``), and its FLOP and byte counts and peak rate, by hand."""
 import pytest
 import torch
 
@@ -8,6 +8,16 @@ from fastcnn.bench.registry import BenchConfig, cases
 
 def attention_cases(**config):
     return {c.group: c for c in cases(BenchConfig(device="cpu", **config), ["attention"])}
+
+
+def test_vit_cases_follow_the_batch_list():
+    """Every --batch, 32 (the CLI's default) included, and nothing else; the long
+    sequences keep FlashAttention's 16k tokens per batch."""
+    for batches in ((32,), (8, 16)):
+        got = {c.batch for c in attention_cases(dtypes=("bf16",), batches=batches).values() if "vit" in c.name}
+        assert got == set(batches)
+    long = attention_cases(dtypes=("bf16",), batches=(8,))
+    assert long["attention/seq1024_d64/bf16/b16/fwd"].meta["heads"] == 32  # 16384 / 1024 sequences, 2048 / 64 heads
 
 
 def test_vit_b_16_flops_and_bytes():

@@ -22,7 +22,6 @@ VIT_SHAPES = [
     ("vit_b_16@384", 12, 64, 577),
     ("vit_l_16@384", 16, 64, 577),
 ]
-VIT_BATCHES = (64, 256)
 # FlashAttention's benchmark convention: 16k tokens per batch, hidden size 2048.
 LONG_SEQUENCES = (1024, 2048, 4096, 8192, 16384)
 LONG_HEAD_DIMS = (64, 128)
@@ -32,10 +31,10 @@ CONTENDERS = ("cudnn", "sdpa_flash", "sdpa_cudnn", "triton", "auto")
 
 
 def shapes(config: BenchConfig):
-    """(name, batch, heads, seq, head_dim, causal) of every case."""
-    from fastcnn.bench.registry import DEFAULT_BATCHES
-    batches = VIT_BATCHES if tuple(config.batches) == DEFAULT_BATCHES else config.batches
-    vit = [(name, b, h, l, d, False) for name, h, d, l in VIT_SHAPES for b in batches]
+    """(name, batch, heads, seq, head_dim, causal) of every case: the ViT shapes at each
+    of the config's batches (``--batch``); the long sequences at FlashAttention's fixed
+    16k tokens per batch, so their batch is TOKENS // seq."""
+    vit = [(name, b, h, l, d, False) for name, h, d, l in VIT_SHAPES for b in config.batches]
     long = [(f"seq{l}_d{d}" + ("_causal" if causal else ""), TOKENS // l, HIDDEN // d, l, d, causal)
             for d in LONG_HEAD_DIMS for l in LONG_SEQUENCES for causal in (False, True)]
     if config.quick:
@@ -91,7 +90,7 @@ def attention_callables(contenders, q, k, v, causal, backward):
 
 @register_suite("attention", kind="op")
 def attention_suite(config: BenchConfig):
-    """Fused attention on ViT-B/L/H shapes (batch 64 and 256) and long sequences
+    """Fused attention on ViT-B/L/H shapes (at each --batch) and long sequences
     (1k..16k tokens, head_dim 64 and 128, causal and not)."""
     import torch
 
