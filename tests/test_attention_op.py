@@ -188,6 +188,26 @@ def test_expanded_mask_reaches_the_kernels_as_a_view(monkeypatch, mask_dtype, q_
     assert_close(out, ref.nan_to_num(0.0), what="out")
 
 
+def test_sdpa_backend_keeps_expanded_masks_as_views(monkeypatch):
+    """The cudnn backend (SDPA; called directly, dispatch keeps CPU tensors off it)
+    folds causal into an expanded float32 mask and casts it to q's float64 without a
+    (B, H, L, L) copy."""
+    from fastcnn.ops.attention import _cudnn_forward
+    B, H, L = 2, 3, 9
+    seen = []
+
+    def spy(*args, real=F.scaled_dot_product_attention, **kwargs):
+        seen.append(kwargs["attn_mask"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = qkv(B, H, L, dtype=torch.float64, requires_grad=False)
+    mask = torch.randn(1, 1, L, L, device=DEVICE).expand(B, H, L, L)
+    out, _ = _cudnn_forward(q, k, v, mask, True, 0.25, 0.0, None, False)
+    (m,) = seen
+    assert m.dtype == torch.float64 and m.stride()[:2] == (0, 0) and m.untyped_storage().nbytes() == L * L * 8
+    assert_close(out, sdpa64(q, k, v, attn_mask=_with_causal(mask, True), scale=0.25)[1], torch.float64)
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_dropout_is_replayed_by_seed(algo):
     q, k, v = qkv(1, 2, 10, d=32, dtype=torch.float64)
