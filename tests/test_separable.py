@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastcnn.models.mobilenet import MobileNetV1
-from fastcnn.nn.fused import ConvBNAct
+from fastcnn.nn.fused import ConvBNAct, unfused
 from fastcnn.nn.separable import DepthwiseSeparableConv2d
 from fastcnn.ops.separable import separable_conv2d, separable_conv2d_op
 from fastcnn.triton_kernels import separable as kernels
@@ -335,8 +335,8 @@ def test_module_unfused_mode_for_summary():
     x = make_input((1, 5, 5, 5))
     with torch.no_grad():
         fused = mod(x)
-        mod.fuse_conv_bn = False
-        assert_close(fused, mod(x).double(), what="fuse_conv_bn=False")
+        with unfused():
+            assert_close(fused, mod(x).double(), what="unfused()")
 
 
 def test_mobilenet_v1_layers_and_keys():
@@ -367,12 +367,10 @@ def test_mobilenet_v2_inference_runs_depthwise_and_projection_as_one_op(monkeypa
                         or real(*a, **k))
     with torch.no_grad():
         fused = model(x)
-        for m in model.modules():
-            if hasattr(m, "fuse_conv_bn"):
-                m.fuse_conv_bn = False
-        unfused = model(x)
+        with unfused():
+            one_by_one = model(x)
     assert len(calls) == 17 and sum(calls) == 11  # every block; 11 add their input at this width
-    assert_close(fused, unfused.double(), factor=5)
+    assert_close(fused, one_by_one.double(), factor=5)
 
 
 # ----------------------------------------------------------------------------- GPU

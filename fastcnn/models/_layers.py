@@ -11,14 +11,13 @@ Fused ops take the submodules' tensors without calling the submodules, so forwar
 hooks on them never fire. Inside ``with unfused():`` every zoo block calls its conv
 and BN modules (and its activation modules, where it has them) one by one instead,
 the same math: that is how ``fastcnn.models.summary`` sees each layer."""
-import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastcnn.nn import Conv2d, LayerNorm, LocalResponseNorm
-from fastcnn.nn.fused import conv_bn_act_forward
+from fastcnn.nn.fused import conv_bn_act_forward, is_unfused
 
 # activation name (as fastcnn.ops.conv_bn_act takes it) -> torch module
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -43,29 +42,11 @@ def make_divisible(v, divisor=8, min_value=None):
 
 
 _ACT_FUNCTIONS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
-_unfused = False
-
-
-@contextlib.contextmanager
-def unfused():
-    """Within this block, zoo blocks run module by module instead of as fused ops."""
-    global _unfused
-    previous, _unfused = _unfused, True
-    try:
-        yield
-    finally:
-        _unfused = previous
-
-
-def is_unfused():
-    return _unfused
-
-
 def fused(conv, bn, x, residual=None, activation="relu"):
     """act(bn(conv(x)) + residual) as one fastcnn op on existing submodules; under
     ``unfused()`` conv and bn are called as modules and the activation (a name) as a
     function."""
-    if _unfused:
+    if is_unfused():
         x = bn(conv(x))
         return _ACT_FUNCTIONS[activation](x if residual is None else x + residual)
     return conv_bn_act_forward(conv, bn, x, residual, activation)
@@ -91,7 +72,7 @@ class FusedSequential(nn.Sequential):
     _fastcnn_fused = True  # fastcnn.nn.convert: this forward is fused already, do not re-trace
 
     def forward(self, x, residual=None):
-        if _unfused:  # the same math, one child at a time
+        if is_unfused():  # the same math, one child at a time
             mods = list(self)
             last_act = residual is not None and act_name(mods[-1]) is not None
             for m in mods[:-1] if last_act else mods:

@@ -6,11 +6,11 @@ Counting rules (all per image, i.e. divided by the batch size):
 - A *layer* is a leaf module (no children), a fused fastcnn ConvBNAct (conv + BN +
   activation, one row) or a multi-head attention (its ``out_proj`` child is part of
   its row). Forward hooks record each call, so a layer called twice gives two rows.
-  The model runs under ``fastcnn.models._layers.unfused()``, so zoo blocks that
-  otherwise hand their Conv2d/BatchNorm2d children to one fused op call them as
-  modules and every child is seen. Tensor functions called inside a module's
-  forward (torch.cat, F.relu, the activation of a block's fused conv-BN-act) are not
-  layers and have no rows.
+  The model runs under ``fastcnn.nn.fused.unfused()``, so blocks that otherwise
+  hand their Conv2d/BatchNorm2d children to one fused op (the zoo's,
+  DepthwiseSeparableConv2d) call them as modules and every child is seen. Tensor
+  functions called inside a module's forward (torch.cat, F.relu, the activation of
+  a block's fused conv-BN-act) are not layers and have no rows.
 - ``activations`` of a layer: the number of elements of its output.
 - The total ``activations`` is the input image plus the outputs of every layer
   except element-wise activation functions (ReLU, Tanh...), Dropout, Identity and
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fastcnn.models._layers import unfused
-from fastcnn.nn import ConvBNAct, DepthwiseSeparableConv2d
+from fastcnn.nn import ConvBNAct
+from fastcnn.nn.fused import unfused
 
 # modules that are one row although they have children
 ONE_ROW_KINDS = (ConvBNAct, nn.MultiheadAttention)
@@ -157,22 +157,15 @@ def summary(name_or_model, input_size=(3, 224, 224), batch_size=1, *, print_tabl
                                    sum(p.numel() for p in mod.parameters()), _macs(mod, args, kwargs, out) // batch,
                                    not isinstance(mod, IN_PLACE_KINDS)))
         handles.append(m.register_forward_hook(hook, with_kwargs=True))
-    # fastcnn.nn's DepthwiseSeparableConv2d (MobileNet v1) has its own per-instance
-    # switch: fastcnn.nn cannot import the zoo's unfused()
-    separables = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d) and m.fuse_conv_bn]
     was_training = model.training
     try:
         model.eval()
-        for m in separables:
-            m.fuse_conv_bn = False
         x = torch.randn((batch,) + tuple(input_size), dtype=dtype, device=device)
         with torch.no_grad(), unfused():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        for m in separables:
-            m.fuse_conv_bn = True
         model.train(was_training)
     params = {id(p): p for p in model.parameters()}
     n_in = x.numel() // batch

@@ -13,7 +13,8 @@ of each depthwise-separable layer), v2 from (t, c, n, s) rows (expansion, channe
 repeats, stride). Every conv -> BN [-> + residual] [-> ReLU/ReLU6] is one fused op."""
 from torch import nn
 
-from fastcnn.models._layers import ConvNormAct, FusedSequential, is_unfused, make_divisible
+from fastcnn.models._layers import ConvNormAct, FusedSequential, make_divisible
+from fastcnn.nn.fused import is_unfused
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
 from fastcnn.nn.separable import DepthwiseSeparableConv2d, separable_forward

@@ -1,4 +1,7 @@
-"""Fused convolution -> BatchNorm -> (+ residual) -> activation modules."""
+"""Fused convolution -> BatchNorm -> (+ residual) -> activation modules, and the
+``unfused()`` switch under which fused blocks call their submodules one by one."""
+import contextlib
+
 import torch
 
 from fastcnn import ops
@@ -6,6 +9,26 @@ from fastcnn.nn.conv import Conv2d
 from fastcnn.ops.conv2d import resolve_padding
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 from fastcnn.triton_kernels.reference import ACTIVATION_FNS
+
+
+_unfused = False
+
+
+@contextlib.contextmanager
+def unfused():
+    """Within this block, fused blocks (the zoo's, DepthwiseSeparableConv2d) call their
+    conv, BN and activation modules one by one: the same math, but every submodule's
+    forward hooks fire (``fastcnn.models.summary`` counts layers with them)."""
+    global _unfused
+    previous, _unfused = _unfused, True
+    try:
+        yield
+    finally:
+        _unfused = previous
+
+
+def is_unfused() -> bool:
+    return _unfused
 
 
 def bn_call_args(bn: torch.nn.BatchNorm2d):

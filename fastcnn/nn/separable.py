@@ -4,7 +4,7 @@ op ``fastcnn.ops.separable.separable_conv2d``."""
 from torch import nn
 
 from fastcnn.nn.conv import Conv2d
-from fastcnn.nn.fused import conv_bn_act_forward
+from fastcnn.nn.fused import conv_bn_act_forward, is_unfused
 from fastcnn.ops.conv_bn_act import fold_bn
 from fastcnn.ops.separable import separable_conv2d
 from fastcnn.triton_kernels._common import ACTIVATIONS
@@ -79,7 +79,6 @@ class DepthwiseSeparableConv2d(nn.Sequential):
     two halves run as two fused conv-BN-act ops (``fastcnn.ops.conv_bn_act``).
     """
     _fastcnn_fused = True  # fastcnn.nn.convert: fused already, do not re-trace
-    fuse_conv_bn = True    # False (fastcnn.models.summary): run the children one by one
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1, bias=False,
                  norm=True, activation="relu", pointwise_activation="relu", algo="auto", eps=1e-5, momentum=0.1,
@@ -119,7 +118,7 @@ class DepthwiseSeparableConv2d(nn.Sequential):
         return folded_weights(self.depthwise, self._bns()[0], self.pointwise, self._bns()[1])
 
     def forward(self, x, residual=None):
-        if not self.fuse_conv_bn:  # the same math, one child at a time
+        if is_unfused():  # the same math, one child at a time
             x = self[0](x)
             mods = list(self[1])
             last_act = self.pointwise_activation != "none"
