@@ -728,6 +728,16 @@ def test_model_flops_count_fused_and_plain_convolutions():
     assert count_flops(fused, x) == expected
 
 
+def test_model_flops_of_a_fused_zoo_model():
+    """ResNet-50's blocks hand their convolutions to one fused op: still 2 x 4.09 GMACs
+    per image (torchvision's figure)."""
+    import torch
+    import fastcnn.models as M
+    from fastcnn.bench.suites import count_flops
+    flops = count_flops(M.create("resnet50", algo="reference"), torch.randn(1, 3, 224, 224))
+    assert abs(flops / 8.18e9 - 1) < 0.005, flops
+
+
 def test_model_flops_count_multihead_attention():
     import torch
     import fastcnn.nn as fnn

@@ -324,61 +324,13 @@ def set_algo(model, algo):
 
 
 def count_flops(model, x) -> int:
-    """2 * multiply-adds of the Conv2d and Linear layers and of multi-head attention (its
-    q/k/v and output projections, which torch's forward does not run as modules, and
-    the two attention matmuls) in one forward pass; elementwise work is not counted. A fused module that
-    holds a ``conv`` child but does not call it (fastcnn.nn.ConvBNAct) is counted
-    through its own output."""
-    import torch
-    total = [0]
-    fired = set()
-
-    def conv_macs(conv, out):
-        return out.numel() * conv.kernel_size[0] * conv.kernel_size[1] * (conv.in_channels // conv.groups)
-
-    def conv_hook(m, inp, out):
-        fired.add(id(m))
-        total[0] += 2 * conv_macs(m, out)
-
-    out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
-
-    def linear_hook(m, inp, out):
-        if id(m) not in out_projs:  # counted by attention_hook
-            total[0] += 2 * out.numel() * m.in_features
-
-    def attention_hook(m, inp, out):
-        query, key = inp[0], inp[1]
-        e = m.embed_dim
-        q_tokens, k_tokens = query.numel() // e, key.numel() // e
-        batch = query.shape[0 if m.batch_first else 1] if query.dim() == 3 else 1
-        total[0] += 2 * e * e * (2 * q_tokens + 2 * k_tokens)          # q, k, v and output projections
-        total[0] += 4 * q_tokens * (k_tokens // batch) * e             # q k^T and p v
-
-    def fused_pre_hook(m, inp):
-        fired.discard(id(m.conv))
-
-    def fused_hook(m, inp, out):
-        if id(m.conv) not in fired and isinstance(out, torch.Tensor):
-            total[0] += 2 * conv_macs(m.conv, out)
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, torch.nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-        elif isinstance(m, torch.nn.MultiheadAttention):
-            handles.append(m.register_forward_hook(attention_hook))
-        elif isinstance(getattr(m, "conv", None), torch.nn.Conv2d):
-            handles.append(m.register_forward_pre_hook(fused_pre_hook))
-            handles.append(m.register_forward_hook(fused_hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0]
+    """2 x the multiply-adds of one forward of ``model`` on ``x``'s shape, dtype and
+    device, as ``fastcnn.models.summary`` counts them: convolutions, fully connected
+    layers and multi-head attention, with fused blocks run module by module so that
+    every layer is seen."""
+    from fastcnn.models import summary
+    s = summary(model, tuple(x.shape[1:]), x.shape[0], dtype=x.dtype, device=x.device, print_table=False)
+    return s.flops * x.shape[0]
 
 
 @register_suite("models", kind="model")
