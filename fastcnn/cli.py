@@ -41,9 +41,8 @@ def bench_config(args):
     from fastcnn.bench.registry import BenchConfig
     quick = args.quick
     dtypes = args.dtypes or (["bf16"] if quick else ["bf16", "fp32"])
-    batches = args.batch or [32]
     return BenchConfig(ops=args.ops, models=args.models or None, networks=args.networks, dtypes=tuple(dtypes),
-                       batches=tuple(batches), model_batches=tuple(args.model_batch) if args.model_batch else None,
+                       batches=tuple(args.batch) if args.batch else None, model_batches=tuple(args.model_batch) if args.model_batch else None,
                        backward=args.backward, quick=quick, contenders=args.contenders,
                        warmup_ms=10.0 if quick else 25.0, rep_ms=40.0 if quick else 100.0)
 
@@ -110,7 +109,7 @@ def main(argv=None) -> int:
                             "resnext50_32x4d)")
     bench.add_argument("--dtypes", nargs="+", default=None, choices=["bf16", "fp16", "fp32"],
                        help="op-suite dtypes (default bf16 fp32; --quick: bf16)")
-    bench.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes (default 32)")
+    bench.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes (default: each suite's own, 32; attention 64 and 256)")
     bench.add_argument("--model-batch", nargs="+", type=int, default=None,
                        help="batch sizes of the model suite (default: --batch)")
     bench.add_argument("--contenders", nargs="+", default=None,

@@ -74,6 +74,16 @@ def test_derived_figures():
     assert "auto" not in fused["derived"] and "triton" in fused["derived"]
 
 
+def test_a_case_names_its_own_peak():
+    """Attention's fp32 runs at the FMA rate when the matmul TF32 flag is off, whatever
+    cuDNN's convolution flag says: the case's meta "peak_dtype" wins."""
+    big = dict(dtype="fp32", flops=10**13, bytes=10**6)  # compute-bound
+    report = rep.derive(_report([_result("tf32", {"cudnn": 1.0}, **big),
+                                 _result("fp32", {"cudnn": 1.0}, **big, meta={"peak_dtype": "fp32"})]))
+    tf32, fp32 = (r["derived"]["cudnn"]["peak_tflops"] for r in report["results"])
+    assert (tf32, fp32) == (494.0, 67.0)  # H100 SXM: dense TF32, fp32 FMA
+
+
 def test_geometric_means():
     report = _new()
     rows = [r for r in report["results"] if r["suite"] == "conv2d"]

@@ -71,8 +71,10 @@ def test_bench_options_make_the_config():
     cfg = bench_config(args)
     assert cfg.dtypes == ("bf16",) and cfg.batches == (64,) and cfg.model_batches == (128,)
     assert cfg.networks == ["vgg16"] and cfg.backward and cfg.rep_ms < 100
-    args.quick, args.dtypes = False, None
-    assert bench_config(args).dtypes == ("bf16", "fp32")
+    args.quick, args.dtypes, args.batch = False, None, None
+    cfg = bench_config(args)
+    assert cfg.dtypes == ("bf16", "fp32")
+    assert cfg.batches is None and cfg.batch_list() == (32,)  # no --batch: each suite's default
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU path")

@@ -22,6 +22,7 @@ VIT_SHAPES = [
     ("vit_b_16@384", 12, 64, 577),
     ("vit_l_16@384", 16, 64, 577),
 ]
+VIT_BATCHES = (64, 256)  # the issue's "batch 64..256", ends of the range
 # FlashAttention's benchmark convention: 16k tokens per batch, hidden size 2048.
 LONG_SEQUENCES = (1024, 2048, 4096, 8192, 16384)
 LONG_HEAD_DIMS = (64, 128)
@@ -32,9 +33,10 @@ CONTENDERS = ("cudnn", "sdpa_flash", "sdpa_cudnn", "triton", "auto")
 
 def shapes(config: BenchConfig):
     """(name, batch, heads, seq, head_dim, causal) of every case: the ViT shapes at each
-    of the config's batches (``--batch``); the long sequences at FlashAttention's fixed
+    of the config's batches (``--batch``, else VIT_BATCHES); the long sequences at FlashAttention's fixed
     16k tokens per batch, so their batch is TOKENS // seq."""
-    vit = [(name, b, h, l, d, False) for name, h, d, l in VIT_SHAPES for b in config.batches]
+    vit = [(name, b, h, l, d, False) for name, h, d, l in VIT_SHAPES
+           for b in config.batch_list(VIT_BATCHES)]
     long = [(f"seq{l}_d{d}" + ("_causal" if causal else ""), TOKENS // l, HIDDEN // d, l, d, causal)
             for d in LONG_HEAD_DIMS for l in LONG_SEQUENCES for causal in (False, True)]
     if config.quick:

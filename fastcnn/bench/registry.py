@@ -27,14 +27,19 @@ class BenchConfig:
     models: Optional[list] = None
     networks: Optional[list] = None        # conv layers of these networks (bench/layers.py)
     dtypes: tuple = DEFAULT_DTYPES
-    batches: tuple = DEFAULT_BATCHES
-    model_batches: Optional[tuple] = None  # default: batches
+    batches: Optional[tuple] = None        # None: each suite's default (batch_list)
+    model_batches: Optional[tuple] = None  # default: batch_list()
     backward: bool = False                 # op suites: forward+backward as well
     quick: bool = False
     device: str = "cuda"
     contenders: Optional[list] = None      # restrict to these contender names
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
+
+    def batch_list(self, default=DEFAULT_BATCHES) -> tuple:
+        """The batches a suite runs: ``--batch`` where given, else the suite's own
+        default (attention: the issue's ViT batches)."""
+        return tuple(self.batches) if self.batches else tuple(default)
 
 
 @dataclass

@@ -148,7 +148,8 @@ def _roofline(r, d, rates, tf32):
     if not r.get("flops"):
         return {}
     dtype = (r.get("dtype") or "fp32").replace("amp-", "")
-    peak_tflops = rates.get(peaks.compute_dtype(dtype, tf32))
+    # a case may name its own peak (attention's fp32 follows the matmul TF32 flag, not cuDNN's)
+    peak_tflops = rates.get(r.get("meta", {}).get("peak_dtype") or peaks.compute_dtype(dtype, tf32))
     if not peak_tflops:
         return {}
     out = {"peak_tflops": peak_tflops}

@@ -38,7 +38,7 @@ def separable_suite(config: BenchConfig):
     from fastcnn.bench.suites import ELEMENT_BYTES, OP_CONTENDERS, _torch_dtype, _want
     layers = MOBILENET_V1_SEPARABLE[::3] if config.quick else MOBILENET_V1_SEPARABLE
     for dtype in config.dtypes:
-        for batch in config.batches:
+        for batch in config.batch_list():
             for name, c, k, hw, stride in layers:
                 out = (hw - 1) // stride + 1
 

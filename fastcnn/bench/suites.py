@@ -54,7 +54,7 @@ def _conv_cases(suite, layers, config, contenders, meta=lambda layer: {}, bound=
     cuDNN on the same channels_last inputs. ``meta(layer)`` adds to the case's meta."""
     from fastcnn.bench.conv import conv_fn, layer_inputs, step_fn
     for dtype in config.dtypes:
-        for batch in config.batches:
+        for batch in config.batch_list():
             for layer in layers:
                 for backward in _passes(config):
                     pass_ = "fwd+bwd" if backward else "fwd"
@@ -99,7 +99,7 @@ def conv_bn_relu_suite(config: BenchConfig):
     layers = [l for l in RESNET50 if l.groups == 1]
     layers = layers[::6] if config.quick else layers
     for dtype in config.dtypes:
-        for batch in config.batches:
+        for batch in config.batch_list():
             for layer in layers:
                 def make(layer=layer, batch=batch, dtype=dtype):
                     return conv_bn_relu_callables(layer, batch, dtype, config)
@@ -154,7 +154,7 @@ def lrn_suite(config: BenchConfig):
     from fastcnn.bench.layers import LRN_LAYERS
     layers = LRN_LAYERS[::2] if config.quick else LRN_LAYERS
     for dtype in config.dtypes:
-        for batch in config.batches:
+        for batch in config.batch_list():
             for name, c, h, w, size, alpha, beta, k in layers:
                 for backward in _passes(config):
                     pass_ = "fwd+bwd" if backward else "fwd"
@@ -189,7 +189,7 @@ def conv_bn_act_suite(config: BenchConfig):
     layers = [l for l in RESNET50 if l.groups == 1]
     layers = layers[::6] if config.quick else layers
     for dtype in config.dtypes:
-        for batch in config.batches:
+        for batch in config.batch_list():
             for layer in layers:
                 def make(layer=layer, batch=batch, dtype=dtype):
                     return conv_bn_act_callables(layer, batch, dtype, config)
@@ -231,7 +231,7 @@ def _row_op_cases(suite, layers, config, callables):
     parameters and per-row statistics are small next to those)."""
     layers = layers[::3] if config.quick else layers
     for dtype in config.dtypes:
-        for batch in config.batches:
+        for batch in config.batch_list():
             for layer in layers:
                 name, shape = layer[0], layer[1]
                 for backward in _passes(config):
@@ -339,7 +339,7 @@ def model_suite(config: BenchConfig):
     import fastcnn.models
     registered = fastcnn.models.list_models()
     names = config.models or (QUICK_MODELS if config.quick else MODELS)
-    batches = config.model_batches or config.batches
+    batches = config.model_batches or config.batch_list()
     for name in names:
         found = resolve_model(name, registered)
         if found is None:
