@@ -66,8 +66,8 @@ def cmd_bench(args) -> int:
     paths = runner.write_report(report, args.out, charts=not args.no_charts)
     for suite, per in report["summary"].items():
         base = next(r["baseline"] for r in report["results"] if r["suite"] == suite)
-        means = ", ".join(f"{c} x{s['geomean_speedup']:.3f}" for c, s in per.items()
-                          if c != base and s["geomean_speedup"])
+        means = ", ".join(f"{c} x{s['geomean_speedup']:.3f} ({s['cases']} of {s['suite_cases']} cases)"
+                          for c, s in per.items() if c != base and s["geomean_speedup"])
         print(f"{suite}: geometric-mean speedup over {base}: {means or '-'}")
     for s in report["skipped"]:
         print(f"skipped {s['suite']}/{s['name']}: {s['reason']}")

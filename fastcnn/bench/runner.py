@@ -192,7 +192,9 @@ def _finish(report, config, env, clock):
     report["notes"] = ["Times are medians of CUDA-event timings after warm-up, with the L2 cache flushed "
                        "before every repetition; raw_ms holds every repetition.",
                        "The SM clock is the highest read while timed loops ran.",
-                       "Model FLOPs count the Conv2d and Linear layers only."]
+                       "Model FLOPs are fastcnn.models.summary's: 2 x the multiply-adds of convolutions, "
+                       "fully connected layers and multi-head attention (projections, q k^T, p v); "
+                       "training steps count 3x the forward."]
     keys = ("schema", "partial", "environment", "config", "results", "skipped", "notes")
     report = {k: report[k] for k in keys if k in report}
     return rep.derive(rep.validate(report))
