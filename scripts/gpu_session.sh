@@ -173,8 +173,8 @@ tests)
   plan_sanitizer 20
   ;;
 bench)
-  # The report is written when a run ends: two runs, so a cut-off model suite
-  # loses only itself. No --models in the first: alone it would mean no models.
+  # Two runs, so a cut-off model suite loses only itself: the first names no model
+  # (`--models` alone: none), the second no op suite (`--ops` alone: none).
   plan bench-ops 200 "${FASTCNN[@]}" bench --ops conv2d conv_bn_relu --models --dtypes bf16 --batch 32 \
     --out "$WORK/bench-ops"
   plan bench-models 250 "${FASTCNN[@]}" bench --ops --dtypes bf16 --batch 32 --out "$WORK/bench-models"
