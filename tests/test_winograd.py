@@ -386,6 +386,25 @@ def test_filter_cache_keys_on_weight_version_dtype_variant_and_flip():
     assert len(fn.calls) == 6
 
 
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.Adam([p], lr=0.1, fused=True), lambda p: torch.optim.SGD([p], lr=0.1, fused=True),
+    lambda p: torch.optim.AdamW([p], lr=0.1)], ids=["adam-fused", "sgd-fused", "adamw"])
+def test_filter_cache_ends_at_every_optimizer_step(make_optimizer):
+    """A fused optimizer step writes the parameter without bumping its version counter:
+    the cache must still serve the new filter's U after it."""
+    fn = _CountingTransform()
+    cache = cw.FilterTransformCache(fn)
+    w = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+    optimizer = make_optimizer(w)
+    for _ in range(2):
+        u = cache.get(w, "F2x2_3x3")
+        assert cache.get(w, "F2x2_3x3") is u  # cached between steps
+        w.grad = torch.randn_like(w)
+        optimizer.step()
+        torch.testing.assert_close(cache.get(w, "F2x2_3x3"), cw.reference_filter_transform(w.detach(), "F2x2_3x3"))
+    assert len(fn.calls) == 3 and cache.hits == 3  # one transform per parameter value
+
+
 def test_filter_cache_does_not_cache_inference_tensors():
     fn = _CountingTransform()
     cache = cw.FilterTransformCache(fn)

@@ -26,6 +26,7 @@ import weakref
 from collections import OrderedDict
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from fastcnn import _ext
 from fastcnn.ops._cuda_depthwise import _device_reasons
@@ -113,10 +114,25 @@ def graph_capture_underway() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+# Fused optimizer steps (Adam, AdamW, SGD with fused=True) write the parameters
+# without bumping their version counters (measured on torch 2.13), so a cached U is
+# also tied to the count of optimizer steps taken: any torch.optim step ends it.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs):
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class FilterTransformCache:
     """U per weight view (address, dtype, variant, flip, device, shape, strides), valid
-    for one ``_version`` of it: an in-place change (an optimizer step) bumps the version,
-    and the next call recomputes U and replaces the entry, so stale versions are never
+    for one ``_version`` of it and until the next optimizer step: an in-place change
+    bumps the version, and any torch.optim step (a fused one changes no version) ends
+    the entry, so the next call recomputes U and replaces it; stale versions are never
     kept. An entry holds a weak reference to the weight (to its base, for a view) and
     goes when that is freed: it pins no memory, and an address reused by a new tensor
     cannot meet an old entry. So a fresh tensor per call (autocast's cast copy of an
@@ -133,7 +149,7 @@ class FilterTransformCache:
     def __init__(self, compute, size=64):
         self.compute = compute
         self.size = size
-        self._entries = OrderedDict()  # key -> (version, weakref to the weight or its base, U)
+        self._entries = OrderedDict()  # key -> ((version, optimizer steps), weakref to the weight or its base, U)
         self.hits = self.misses = 0
 
     @staticmethod
@@ -147,14 +163,15 @@ class FilterTransformCache:
             return self.compute(w, variant, flip)
         key = self.key(w, variant, flip)
         owner = w if w._base is None else w._base  # views share the base's storage and version
+        stamp = (w._version, _optimizer_steps)
         entry = self._entries.get(key)
-        if entry is not None and entry[0] == w._version and entry[1]() is not None:
+        if entry is not None and entry[0] == stamp and entry[1]() is not None:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry[2]
         self.misses += 1
         u = self.compute(w, variant, flip)
-        self._entries[key] = (w._version, weakref.ref(owner, functools.partial(self._forget, key)), u)
+        self._entries[key] = (stamp, weakref.ref(owner, functools.partial(self._forget, key)), u)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
