@@ -227,3 +227,14 @@ def test_autocast_runs_in_the_autocast_dtype():
     out.float().sum().backward()
     assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
     assert_close(out, F.conv2d(x.double(), w.double(), None, 1, 1), torch.float16)
+
+
+def test_autocast_leaves_float64_alone():
+    """As for F.conv2d: autocast casts fp32 (and fp16/bf16) arguments, never fp64."""
+    x, w = torch.randn(1, 2, 5, 5, device=DEVICE, dtype=torch.float64), torch.randn(3, 2, 3, 3, device=DEVICE,
+                                                                                  dtype=torch.float64)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        want = F.conv2d(x, w)
+        got = ops.conv2d(x, w, algo="reference")
+    assert got.dtype == want.dtype == torch.float64
+    torch.testing.assert_close(got, want)

@@ -38,9 +38,11 @@ def pair(op, name, value, minimum):
 def autocast(*tensors):
     """The tensors cast as autocast casts a convolution's arguments: to the autocast
     dtype when autocast is on for their device (custom ops are not on autocast's
-    lists, so the wrappers do it). Non-floating and None pass through."""
+    lists, so the wrappers do it). Non-floating, float64 (autocast leaves it alone)
+    and None pass through."""
     first = tensors[0]
     if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
         return tensors
     dtype = torch.get_autocast_dtype(first.device.type)
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
