@@ -160,3 +160,35 @@ def test_cpu_calls_are_never_timed(timings):
     assert disp("auto", *ARGS) == "triton"  # the toy's backends give no reasons
     assert disp._auto(["cuda", "cudnn", "reference"], ARGS) == "reference"
     assert log == []
+
+
+def test_a_backend_that_raises_while_timed_is_left_out(cache_dir, timings, monkeypatch):
+    """Out of memory, a deterministic-mode refusal, a compile error: auto takes the
+    fastest of the others (and says so) instead of failing the call."""
+    table, _ = timings
+    table["cuda"] = RuntimeError("CUDA out of memory")
+    timed_ok = _dispatch._time_ms
+
+    def time_ms(fn, args):
+        t = timed_ok(fn, args)
+        if isinstance(t, Exception):
+            raise t
+        return t
+    monkeypatch.setattr(_dispatch, "_time_ms", time_ms)
+    with pytest.warns(UserWarning, match=r"left out \['cuda'\].*out of memory"):
+        assert _dispatcher()._fastest(TIMED, ARGS, ENV) == "triton"
+    table.update(triton=RuntimeError("a"), cudnn=RuntimeError("b"))
+    AUTO_CACHE.clear()
+    with pytest.raises(RuntimeError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _dispatcher()._fastest(TIMED, (ARGS[0].contiguous(), *ARGS[1:]), ENV)
+
+
+def test_numerics_flags_are_part_of_the_signature(monkeypatch):
+    """A choice timed with TF32 on (or deterministic algorithms off) is not reused
+    when the flag changes: the backends then compute, and run, differently."""
+    base = _dispatch.signature(ARGS)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not torch.backends.cudnn.allow_tf32)
+    tf32 = _dispatch.signature(ARGS)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not torch.backends.cudnn.deterministic)
+    assert len({base, tf32, _dispatch.signature(ARGS)}) == 3

@@ -295,3 +295,22 @@ def test_gpu_cuda_backend_is_available():
         out = local_response_norm(x, 5, ALPHA, BETA, K, algo="cuda")
     assert_close(out, F.local_response_norm(x.double(), 5, ALPHA, BETA, K))
 
+
+
+@pytest.mark.gpu
+def test_gpu_auto_backward_under_deterministic_algorithms():
+    """ATen's LRN backward (avg_pool3d_backward) raises in deterministic mode on CUDA:
+    the cudnn backend says so and auto takes a deterministic kernel."""
+    x = make_input((2, 8, 5, 5), requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        y = local_response_norm(x, 5, ALPHA, BETA, K, algo="auto")
+        args = (torch.ones_like(y), x.detach(), y.detach(), torch.empty(0, device=DEVICE), 5, ALPHA, BETA, K, False)
+        assert any("deterministic" in r for r in lrn_ops.backward_dispatch.reasons("cudnn", args))
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    x64, ref = reference64(x, 5, False)
+    (want,) = torch.autograd.grad(ref, x64, torch.ones_like(ref))
+    assert_close(dx, want)

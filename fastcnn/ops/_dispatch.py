@@ -100,8 +100,11 @@ def autograd_inside_op():
 
 
 def signature(args) -> str:
-    """The part of a call that decides which backend is fastest."""
-    parts = []
+    """The part of a call that decides which backend is fastest: its tensors' dtypes,
+    shapes and strides, its other arguments, and the flags that change what a backend
+    computes (TF32 for matmuls and cuDNN, deterministic algorithms)."""
+    parts = [f"tf32={int(torch.backends.cuda.matmul.allow_tf32)}{int(torch.backends.cudnn.allow_tf32)}"
+             f" det={int(torch.are_deterministic_algorithms_enabled())}{int(torch.backends.cudnn.deterministic)}"]
     for a in args:
         if isinstance(a, torch.Tensor):
             parts.append(f"{a.dtype}{list(a.shape)}{list(a.stride())}")
@@ -256,7 +259,18 @@ class OpDispatcher:
                           f"cannot time the backends; using {choice!r} (run the call once before capturing)",
                           stacklevel=3)
             return choice
-        times = {n: _time_ms(self.backends[n].run, args) for n in timed}
+        times, failed = {}, {}
+        for n in timed:
+            try:
+                times[n] = _time_ms(self.backends[n].run, args)
+            except Exception as e:  # noqa: BLE001 - out of memory, a deterministic-mode refusal, a compile error
+                failed[n] = e
+        if not times:
+            raise next(iter(failed.values()))
+        if failed:
+            warnings.warn(f"{self.op}: algo='auto' left out {sorted(failed)} for this call, which raised while "
+                          f"timed: " + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failed.items()),
+                          stacklevel=3)
         choice = min(times, key=times.get)
         AUTO_CACHE.put(env, key, choice)
         return choice

@@ -49,7 +49,12 @@ def _aten_reasons(x, size, alpha, beta, k, within, *rest):
 
 
 def _aten_backward_reasons(dy, x, y, scale, size, alpha, beta, k, within):
-    return _aten_reasons(x, size, alpha, beta, k, within)
+    reasons = _aten_reasons(x, size, alpha, beta, k, within)
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        # F.local_response_norm's backward goes through avg_pool3d_backward, which
+        # raises under torch.use_deterministic_algorithms(True) on CUDA
+        reasons.append("ATen's LRN backward has no deterministic CUDA kernel")
+    return reasons
 
 
 def _aten_forward(x, size, alpha, beta, k, within, save_scale):
