@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn as tnn
+import torch.nn.utils.prune
 
 import fastcnn.nn as fnn
 from helpers import DEVICE, assert_close, make_input
@@ -235,3 +236,38 @@ def test_transformer_encoder_layer_feed_forward_is_fused(activation, training):
     for a, b in zip(torch.autograd.grad(out.square().sum(), list(converted.parameters())),
                     torch.autograd.grad(want.square().sum(), list(ref.parameters()))):
         assert_close(a, b, torch.float32, factor=10)
+
+
+def test_hooks_survive_convert():
+    """A swapped module's twin runs its hooks; a hooked conv, BN or activation is not
+    fused away (its hooks would never run); removing a hook through its handle still
+    works on the twin."""
+    model = tnn.Sequential(tnn.Conv2d(3, 4, 3), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.Conv2d(4, 4, 1),
+                           tnn.BatchNorm2d(4)).eval()
+    seen = []
+    handle = model[0].register_forward_hook(lambda m, i, o: seen.append(("conv0", tuple(o.shape))))
+    model[4].register_forward_pre_hook(lambda m, i: seen.append(("bn4", None)))
+    x = torch.randn(1, 3, 6, 6)
+    want = model(x)
+    seen.clear()
+    fnn.convert(model, algo="reference")
+    assert type(model[0]) is fnn.Conv2d and type(model[1]) is tnn.BatchNorm2d  # not fused: conv0 is hooked
+    assert type(model[3]) is fnn.Conv2d and type(model[4]) is tnn.BatchNorm2d  # not fused: bn4 is hooked
+    torch.testing.assert_close(model(x), want)
+    assert seen == [("conv0", (1, 4, 4, 4)), ("bn4", None)]
+    handle.remove()
+    model(x)
+    assert seen[2:] == [("bn4", None)]
+
+
+@pytest.mark.parametrize("wrap", [torch.nn.utils.weight_norm, torch.nn.utils.spectral_norm,
+                                  lambda m: torch.nn.utils.prune.l1_unstructured(m, "weight", 0.5)],
+                         ids=["weight_norm", "spectral_norm", "prune"])
+def test_a_conv_whose_pre_hook_computes_its_weight_is_left_alone(wrap):
+    model = tnn.Sequential(wrap(tnn.Conv2d(3, 4, 3)), tnn.ReLU()).eval()
+    x = torch.randn(1, 3, 6, 6)
+    want = model(x)
+    with pytest.warns(UserWarning, match="forward pre-hooks"):
+        fnn.convert(model)
+    assert type(model[0]) is tnn.Conv2d
+    torch.testing.assert_close(model(x), want)

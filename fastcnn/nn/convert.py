@@ -13,9 +13,13 @@
    forward does not trace, has its feed-forward fused by hand (_fuse_encoder_layer).
 
 A model that is itself one of the SWAPS types is replaced, not changed: use the
-returned module.
+returned module. Hooks: a swapped module's twin carries its hooks (the same hook
+dictionaries); a module with forward pre-hooks is not swapped, since those may
+rewrite its parameters (weight_norm, spectral_norm and pruning do), and a chain
+with a hooked module in it is not fused (its hooks would never run).
 """
 import operator
+import warnings
 
 import torch
 import torch.fx
@@ -38,6 +42,16 @@ FASTCNN_MODULES = (Conv2d, ConvBNAct)
 # torch.nn type -> its fastcnn twin (a from_torch(module, algo=) builder sharing state)
 SWAPS = {torch.nn.Conv2d: Conv2d, torch.nn.LocalResponseNorm: LocalResponseNorm,
          torch.nn.MultiheadAttention: MultiheadSelfAttention, torch.nn.LayerNorm: LayerNorm}
+
+
+# every hook dictionary (and flag) of a module, carried over to its twin
+HOOK_ATTRIBUTES = tuple(k for k in vars(torch.nn.Module()) if "hook" in k)
+_CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooked(module) -> bool:
+    """Whether calling ``module`` runs hooks (which fusing it away would skip)."""
+    return any(getattr(module, name, None) for name in _CALL_HOOKS)
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):
@@ -63,7 +77,15 @@ def _swapped(module, algo):
     """``module``'s fastcnn twin (sharing its parameters), or ``module`` itself with
     its descendants swapped."""
     if type(module) in SWAPS:
-        return SWAPS[type(module)].from_torch(module, algo=algo)
+        if module._forward_pre_hooks:
+            warnings.warn(f"fastcnn.nn.convert: a {type(module).__name__} with forward pre-hooks (weight_norm, "
+                          f"spectral_norm, pruning...) is left as it is: they may rewrite its parameters",
+                          stacklevel=3)
+            return module
+        twin = SWAPS[type(module)].from_torch(module, algo=algo)
+        for name in HOOK_ATTRIBUTES:
+            twin.__dict__[name] = module.__dict__[name]
+        return twin
     if isinstance(module, tuple(SWAPS.values())):
         module.algo = algo
         return module
@@ -144,7 +166,8 @@ def _fuse_conv_bn_act(module, graph, modules, calls, conv_node):
     """Conv2d -> BatchNorm2d [-> + residual] [-> activation] into FusedConv2dBN."""
     bn_node = _single_user(conv_node)
     if (not bn_node or bn_node.op != "call_module" or len(bn_node.args) != 1 or bn_node.kwargs
-            or type(modules[bn_node.target]) is not torch.nn.BatchNorm2d or calls[bn_node.target] != 1):
+            or type(modules[bn_node.target]) is not torch.nn.BatchNorm2d or calls[bn_node.target] != 1
+            or _hooked(modules[conv_node.target]) or _hooked(modules[bn_node.target])):
         return False
     chain, residual, activation = [conv_node, bn_node], None, "none"
     nxt = _single_user(bn_node)
@@ -153,7 +176,8 @@ def _fuse_conv_bn_act(module, graph, modules, calls, conv_node):
         residual = nxt.args[1 - nxt.args.index(bn_node)]
         chain.append(nxt)
         nxt = _single_user(nxt)
-    if nxt and _activation_of(nxt, modules) in ACTIVATIONS and len(nxt.args) == 1:
+    if (nxt and _activation_of(nxt, modules) in ACTIVATIONS and len(nxt.args) == 1
+            and not (nxt.op == "call_module" and _hooked(modules[nxt.target]))):
         activation = _activation_of(nxt, modules)
         chain.append(nxt)
     conv = modules[conv_node.target]
@@ -167,7 +191,8 @@ def _fuse_linear_act(module, graph, modules, linear_node, algo):
     in one pass after the matmul."""
     act_node = _single_user(linear_node)
     activation = act_node and _activation_of(act_node, modules)
-    if not activation or len(act_node.args) != 1:
+    if (not activation or len(act_node.args) != 1 or _hooked(modules[linear_node.target])
+            or (act_node.op == "call_module" and _hooked(modules[act_node.target]))):
         return False
     linear = modules[linear_node.target]
     fused = Linear.from_torch(linear, activation=activation, algo=algo)
@@ -181,7 +206,8 @@ def _fuse_encoder_layer(layer, algo):
     fastcnn module; clearing ``activation_relu_or_gelu`` is the switch torch itself
     reads to turn that path off."""
     activation = _activation_name(layer.activation)
-    if getattr(layer, "_fastcnn_fused", False) or activation is None or type(layer.linear1) is not torch.nn.Linear:
+    if (getattr(layer, "_fastcnn_fused", False) or activation is None or type(layer.linear1) is not torch.nn.Linear
+            or _hooked(layer.linear1) or _hooked(layer.activation)):
         return
     layer.linear1 = Linear.from_torch(layer.linear1, activation=activation, algo=algo)
     layer.activation = torch.nn.Identity()
