@@ -107,8 +107,7 @@ def test_dtypes_error_at_most_twice_pytorchs(dtype, activation):
     for what, ours, tgt, pt in (("y", y, ref, theirs), ("dx", dx, want[0], their_grads[0]),
                                 ("db", db, want[1], their_grads[1])):
         assert_close(ours, tgt, dtype, what=what)
-        if dtype != torch.float32:
-            assert rel_error(ours, tgt) <= 2 * rel_error(pt, tgt) + floor, what
+        assert rel_error(ours, tgt) <= 2 * rel_error(pt, tgt) + floor, what
 
 
 def test_gelu_tanh_saturates_cleanly():

@@ -163,8 +163,7 @@ def test_dtypes_error_at_most_twice_pytorchs(dtype, residual):
     for what, ours, tgt, pt in (("y", y, ref, theirs), ("dx", dx, want[0], their_grads[0]),
                                 ("dw", dw, want[1], their_grads[1]), ("db", db, want[2], their_grads[2])):
         assert_close(ours, tgt, dtype, factor=2, what=what)
-        if dtype != torch.float32:
-            assert rel_error(ours, tgt) <= 2 * rel_error(pt, tgt) + floor, what
+        assert rel_error(ours, tgt) <= 2 * rel_error(pt, tgt) + floor, what
 
 
 def test_mixed_precision_parameters():
