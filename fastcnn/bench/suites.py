@@ -92,22 +92,29 @@ def winograd_suite(config: BenchConfig):
                        meta=lambda l: {"in_target": min(l.c, l.k) >= WINOGRAD_TARGET_CHANNELS})
 
 
-@register_suite("conv_bn_relu", kind="op")
-def conv_bn_relu_suite(config: BenchConfig):
-    """Training step of conv -> BN -> ReLU on ResNet-50's layers: fused vs eager."""
+def _conv_bn_cases(suite, config, train, callables):
+    """One case per (dtype, batch, ResNet-50 layer) of conv -> BN -> ReLU; a training
+    step (forward + backward) counts 3x the forward's FLOPs and traffic."""
     from fastcnn.bench.layers import RESNET50
     layers = [l for l in RESNET50 if l.groups == 1]
     layers = layers[::6] if config.quick else layers
+    pass_, times = ("train", 3) if train else ("infer", 1)
     for dtype in config.dtypes:
         for batch in config.batch_list():
             for layer in layers:
                 def make(layer=layer, batch=batch, dtype=dtype):
-                    return conv_bn_relu_callables(layer, batch, dtype, config)
-                yield Case(suite="conv_bn_relu", name=layer.name,
-                           group=f"conv_bn_relu/{layer.name}/{dtype}/b{batch}/train",
-                           make=make, flops=layer.flops(batch) * 3,
-                           bytes=conv_bytes(layer, batch, dtype) * 3, dtype=dtype, batch=batch, pass_="train",
-                           meta={"layer": layer.__dict__.copy(), "autocast": dtype != "fp32"})
+                    return callables(layer, batch, dtype, config)
+                meta = {"layer": layer.__dict__.copy(), **({"autocast": dtype != "fp32"} if train else {})}
+                yield Case(suite=suite, name=layer.name, group=f"{suite}/{layer.name}/{dtype}/b{batch}/{pass_}",
+                           make=make, flops=layer.flops(batch) * times,
+                           bytes=conv_bytes(layer, batch, dtype) * times, dtype=dtype, batch=batch, pass_=pass_,
+                           meta=meta)
+
+
+@register_suite("conv_bn_relu", kind="op")
+def conv_bn_relu_suite(config: BenchConfig):
+    """Training step of conv -> BN -> ReLU on ResNet-50's layers: fused vs eager."""
+    return _conv_bn_cases("conv_bn_relu", config, True, conv_bn_relu_callables)
 
 
 def conv_bn_relu_callables(layer, batch, dtype, config):
@@ -185,18 +192,7 @@ def lrn_suite(config: BenchConfig):
 def conv_bn_act_suite(config: BenchConfig):
     """Inference conv -> BN -> ReLU on ResNet-50's layers: BN folded into the conv vs
     eager cuDNN conv + BN + ReLU in eval mode."""
-    from fastcnn.bench.layers import RESNET50
-    layers = [l for l in RESNET50 if l.groups == 1]
-    layers = layers[::6] if config.quick else layers
-    for dtype in config.dtypes:
-        for batch in config.batch_list():
-            for layer in layers:
-                def make(layer=layer, batch=batch, dtype=dtype):
-                    return conv_bn_act_callables(layer, batch, dtype, config)
-                yield Case(suite="conv_bn_act", name=layer.name,
-                           group=f"conv_bn_act/{layer.name}/{dtype}/b{batch}/infer", make=make,
-                           flops=layer.flops(batch), bytes=conv_bytes(layer, batch, dtype), dtype=dtype,
-                           batch=batch, pass_="infer", meta={"layer": layer.__dict__.copy()})
+    return _conv_bn_cases("conv_bn_act", config, False, conv_bn_act_callables)
 
 
 def conv_bn_act_callables(layer, batch, dtype, config):
