@@ -238,3 +238,8 @@ def test_autocast_leaves_float64_alone():
         got = ops.conv2d(x, w, algo="reference")
     assert got.dtype == want.dtype == torch.float64
     torch.testing.assert_close(got, want)
+
+
+def test_meta_tensors_give_f_conv2d_shapes():
+    x, w = torch.empty(2, 3, 9, 7, device="meta"), torch.empty(4, 3, 3, 3, device="meta")
+    assert ops.conv2d(x, w, stride=2, padding=1).shape == F.conv2d(x, w, stride=2, padding=1).shape

@@ -185,3 +185,10 @@ def test_real_input_gives_count_flops():
     assert s.activation_bytes == 2 * s.activations  # bf16
     # dtype and device default to the model's
     assert M.summary(model, (3, 6, 6), print_table=False).activation_bytes == s.activation_bytes
+
+
+def test_summary_on_meta_tensors():
+    """Shapes only, no memory: the fastcnn ops take meta tensors (their fake kernels
+    run), so a model's table needs no real forward."""
+    s = M.summary("vit_b_16", (3, 224, 224), device="meta", print_table=False)
+    assert s.macs == 17_563_828_224 and s.params == 86_567_656

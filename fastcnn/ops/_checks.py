@@ -41,7 +41,8 @@ def autocast(*tensors):
     lists, so the wrappers do it). Non-floating, float64 (autocast leaves it alone)
     and None pass through."""
     first = tensors[0]
-    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+    if (not isinstance(first, torch.Tensor) or not torch.amp.is_autocast_available(first.device.type)  # meta
+            or not torch.is_autocast_enabled(first.device.type)):
         return tensors
     dtype = torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
