@@ -107,7 +107,7 @@ def test_masks(algo):
         for causal in (False, True):
             out = ops.attention(q, k, v, attn_mask=mask, causal=causal, algo=algo)
             leaves, ref = sdpa64(q, k, v, attn_mask=_with_causal(mask, causal))
-            ref = ref.nan_to_num(0.0)  # SDPA's fully masked rows are NaN; ours are 0
+            ref = ref.nan_to_num(0.0)  # fully masked rows: ours are 0 (older SDPA versions give NaN)
             assert_close(out, ref, what=f"out ({mask.dtype}, causal={causal})")
     out = ops.attention(q, k, v, attn_mask=float_mask, algo=algo)
     leaves, ref = sdpa64(q, k, v, attn_mask=float_mask)
