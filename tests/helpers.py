@@ -155,6 +155,21 @@ def _no_fill():
         torch.utils.deterministic.fill_uninitialized_memory = saved
 
 
+@contextlib.contextmanager
+def setting(obj, **values):
+    """``obj``'s attributes set to ``values`` for the block, then restored. For torch's
+    flag objects (torch.backends.cuda.matmul answers through __getattr__, which
+    pytest's monkeypatch, from 9.2, does not restore)."""
+    saved = {name: getattr(obj, name) for name in values}
+    for name, value in values.items():
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(obj, name, value)
+
+
 def far_apart(shape, dim, dtype=torch.float16):
     """A random tensor of ``shape`` whose ``dim`` has stride FAR (the others compact),
     so its last index along ``dim`` starts past element 2^31."""
@@ -174,4 +189,4 @@ def far_apart(shape, dim, dtype=torch.float16):
 
 
 __all__ = ["Conv", "check_forward_stats", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
-           "make_input", "expanded_grad", "leaves64", "assert_grads_close", "far_apart", "interpret_mode"]
+           "make_input", "expanded_grad", "leaves64", "assert_grads_close", "far_apart", "interpret_mode", "setting"]

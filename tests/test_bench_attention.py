@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastcnn.bench.registry import BenchConfig, cases
+from helpers import setting
 
 
 def attention_cases(**config):
@@ -43,11 +44,10 @@ def test_causal_long_sequence_flops_are_halved():
 
 
 @pytest.mark.parametrize("allow_tf32, want", [(False, "fp32"), (True, "tf32")])
-def test_fp32_peak_follows_the_matmul_tf32_flag(monkeypatch, allow_tf32, want):
+def test_fp32_peak_follows_the_matmul_tf32_flag(allow_tf32, want):
     """Attention's fp32 matmuls follow torch.backends.cuda.matmul.allow_tf32 (off by
     default), not cuDNN's convolution flag: the FMA peak unless it is on."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    got = attention_cases(dtypes=("fp32", "bf16"), batches=(64,))
+    with setting(torch.backends.cuda.matmul, allow_tf32=allow_tf32), setting(torch.backends.cudnn, allow_tf32=True):
+        got = attention_cases(dtypes=("fp32", "bf16"), batches=(64,))
     assert got["attention/vit_b_16/fp32/b64/fwd"].meta["peak_dtype"] == want
     assert got["attention/vit_b_16/bf16/b64/fwd"].meta["peak_dtype"] == "bf16"

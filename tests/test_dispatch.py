@@ -11,6 +11,7 @@ import torch
 
 from fastcnn.ops import _dispatch
 from fastcnn.ops._dispatch import AUTO_CACHE, OpDispatcher
+from helpers import setting
 
 ENV = "NVIDIA H200|torch x|triton y|fastcnn z"
 
@@ -184,11 +185,15 @@ def test_a_backend_that_raises_while_timed_is_left_out(cache_dir, timings, monke
         _dispatcher()._fastest(TIMED, (ARGS[0].contiguous(), *ARGS[1:]), ENV)
 
 
-def test_numerics_flags_are_part_of_the_signature(monkeypatch):
+def test_numerics_flags_are_part_of_the_signature():
     """A choice timed with TF32 on (or deterministic algorithms off) is not reused
     when the flag changes: the backends then compute, and run, differently."""
+    cudnn = torch.backends.cudnn
     base = _dispatch.signature(ARGS)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", not torch.backends.cudnn.allow_tf32)
-    tf32 = _dispatch.signature(ARGS)
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not torch.backends.cudnn.deterministic)
-    assert len({base, tf32, _dispatch.signature(ARGS)}) == 3
+    with setting(cudnn, allow_tf32=not cudnn.allow_tf32):
+        tf32 = _dispatch.signature(ARGS)
+        with setting(torch.backends.cuda.matmul, allow_tf32=not torch.backends.cuda.matmul.allow_tf32):
+            matmul = _dispatch.signature(ARGS)
+        with setting(cudnn, deterministic=not cudnn.deterministic):
+            det = _dispatch.signature(ARGS)
+    assert len({base, tf32, matmul, det}) == 4 and _dispatch.signature(ARGS) == base
