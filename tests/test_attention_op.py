@@ -400,3 +400,60 @@ def test_convert_swaps_multihead_attention():
     assert type(layer.self_attn) is MultiheadSelfAttention
     assert_close(layer(x), ref.double(), factor=3)
 
+
+
+# (module arguments, call) of the torch.nn.MultiheadAttention matrix beyond the one
+# above: whatever torch accepts, ours returns the same (its fused path or torch's).
+MHA_CONFIGS = {
+    "kdim_vdim": (dict(kdim=24, vdim=40), "cross"),
+    "bias_kv": (dict(add_bias_kv=True), "self"),
+    "zero_attn": (dict(add_zero_attn=True), "self"),
+    "no_bias": (dict(bias=False), "self"),
+    "dropout_eval": (dict(dropout=0.5), "self"),
+    "unbatched": ({}, "unbatched"),
+    "float_padding": ({}, "float_padding"),
+    "bool3d": ({}, "bool3d"),
+    "per_head_weights": ({}, "per_head_weights"),
+}
+
+
+@pytest.mark.parametrize("config", list(MHA_CONFIGS))
+def test_mha_matches_torch_across_its_arguments(config):
+    module_args, call = MHA_CONFIGS[config]
+    torch.manual_seed(0)
+    torch_mha = torch.nn.MultiheadAttention(32, 4, batch_first=True, **module_args).to(DEVICE).eval()
+    ours = MultiheadSelfAttention.from_torch(torch_mha)
+    b, l, s = 2, 7, 5
+    x = torch.randn(b, l, 32, device=DEVICE, requires_grad=True)
+    q = k = v = x
+    kwargs = dict(need_weights=False)
+    if call == "cross":
+        k, v = torch.randn(b, s, 24, device=DEVICE), torch.randn(b, s, 40, device=DEVICE)
+    elif call == "unbatched":
+        q = k = v = x[0]
+    elif call == "float_padding":
+        pad = torch.zeros(b, l, device=DEVICE)
+        pad[1, 5:] = float("-inf")
+        kwargs["key_padding_mask"] = pad
+    elif call == "bool3d":
+        mask = torch.rand(b * 4, l, l, device=DEVICE) > 0.6
+        mask[:, torch.arange(l), torch.arange(l)] = False
+        kwargs["attn_mask"] = mask
+    elif call == "per_head_weights":
+        kwargs = dict(need_weights=True, average_attn_weights=False)
+    out, weights = ours(q, k, v, **kwargs)
+    ref, ref_weights = torch_mha(q, k, v, **kwargs)
+    assert_close(out, ref.double(), factor=3, what=f"{config}: out")
+    if ref_weights is not None:
+        assert weights.shape == ref_weights.shape == (b, 4, l, l)
+        assert_close(weights, ref_weights.double(), factor=3, what=f"{config}: weights")
+    (g_ours,), (g_ref,) = (torch.autograd.grad(o.square().sum(), (x,)) for o in (out, ref))
+    assert_close(g_ours, g_ref.double(), factor=3, what=f"{config}: dx")
+
+
+def test_mha_is_causal_without_a_mask_is_refused_as_torch_refuses_it():
+    torch_mha, ours = _mha_pair()
+    x = torch.randn(2, 5, 32, device=DEVICE)
+    for mha in (torch_mha, ours):
+        with pytest.raises(RuntimeError, match="attn_mask"):
+            mha(x, x, x, need_weights=False, is_causal=True)
