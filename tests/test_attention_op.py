@@ -457,3 +457,18 @@ def test_mha_is_causal_without_a_mask_is_refused_as_torch_refuses_it():
     for mha in (torch_mha, ours):
         with pytest.raises(RuntimeError, match="attn_mask"):
             mha(x, x, x, need_weights=False, is_causal=True)
+
+
+@pytest.mark.parametrize("budget", [1 << 26, 50, 1])
+def test_sdpa_forward_lse_in_bounded_blocks(budget):
+    """The cudnn forward's log-sum-exp (for a backward on another backend) is computed
+    in blocks of at most ``budget`` scores: any split of images and query rows gives
+    the whole matrix's answer."""
+    from fastcnn.ops.attention import _lse_chunked
+    q, k = torch.randn(3, 2, 9, 8, dtype=torch.float64), torch.randn(3, 2, 11, 8, dtype=torch.float64)
+    mask = torch.randn(1, 2, 9, 11, dtype=torch.float64).expand(3, 2, 9, 11)
+    for causal in (False, True):
+        s = q @ k.transpose(-1, -2) * 0.3 + mask
+        if causal:
+            s = s.masked_fill(torch.ones(9, 11, dtype=torch.bool).triu(1), float("-inf"))
+        torch.testing.assert_close(_lse_chunked(q, k, mask, causal, 0.3, budget), torch.logsumexp(s, -1))
