@@ -186,6 +186,18 @@ def test_markdown_table():
     assert "auto: RuntimeError: CUDA out of memory" in md
     table = [line for line in md.splitlines() if line.startswith("| resnet50.conv1 | bf16")]
     assert len(table) == 1 and table[0].count("|") == 16
+    # models: images/s and, as every table, TFLOP/s and % of peak
+    assert "| cudnn ms | cudnn img/s | cudnn TFLOP/s | cudnn % peak |" in md
+
+
+def test_a_case_that_failed_to_build_is_errors_not_a_contender():
+    report = rep.derive(_report([_result("ok", {"cudnn": 1.0, "triton": 0.5}),
+                                 _result("oom", {"setup": "OutOfMemoryError: CUDA out of memory"})]))
+    assert rep.contenders_of(report["results"]) == ["cudnn", "triton"]
+    assert set(report["summary"]["s"]) == {"cudnn", "triton"}
+    md = rep.to_markdown(report)
+    row = next(line for line in md.splitlines() if line.startswith("| oom |"))
+    assert row.count("error") == 2 and "setup ms" not in md
 
 
 def test_memory_bound_suites_show_bandwidth_and_percent_of_dram():

@@ -170,11 +170,15 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+# the timings entry of a case whose inputs failed to build (not a contender)
+SETUP = "setup"
+
+
 def contenders_of(results):
     seen = []
     for r in results:
         for c in r["timings"]:
-            if c not in seen:
+            if c not in seen and c != SETUP:
                 seen.append(c)
     return seen
 
@@ -238,33 +242,33 @@ def _cases(n, of=None):
 
 
 def _suite_table(rows):
-    """One suite's Markdown table: per contender ms, the suite's rate, its % of peak
-    (not for models) and the speedup over the baseline."""
+    """One suite's Markdown table: per contender ms, the suite's rates (img/s for
+    models, with their TFLOP/s; GB/s for memory-bound suites, else TFLOP/s), the % of
+    the peak that applies and the speedup over the baseline."""
     contenders = contenders_of(rows)
     baseline = rows[0]["baseline"]
     if any(r.get("items") for r in rows):
-        rate, pct, value = "img/s", None, "images_per_s"
+        cols = [("img/s", "images_per_s"), ("TFLOP/s", "tflops"), ("% peak", "pct_peak")]
     elif all(memory_bound(r) for r in rows):
-        rate, pct, value = "GB/s", "% DRAM", "gbps"
+        cols = [("GB/s", "gbps"), ("% DRAM", "pct_peak")]
     else:
-        rate, pct, value = "TFLOP/s", "% peak", "tflops"
+        cols = [("TFLOP/s", "tflops"), ("% peak", "pct_peak")]
     header = ["case", "dtype", "batch", "pass"]
     for c in contenders:
-        header += [f"{c} ms", f"{c} {rate}"] + ([f"{c} {pct}"] if pct else []) + \
-                  ([f"{c} x{baseline}"] if c != baseline else [])
+        header += [f"{c} ms"] + [f"{c} {title}" for title, _ in cols] + ([f"{c} x{baseline}"] if c != baseline else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["name"], str(r.get("dtype")), str(r.get("batch")), str(r.get("pass"))]
         for c in contenders:
-            t, d = r["timings"].get(c, {}), r.get("derived", {}).get(c, {})
+            t = r["timings"].get(c) or r["timings"].get(SETUP, {})  # a case that failed to build: all errors
+            d = r.get("derived", {}).get(c, {})
             if "ms" not in t:
-                cells += ["error" if "error" in t else "-", "-"] + (["-"] if pct else []) + \
-                         (["-"] if c != baseline else [])
+                cells += ["error" if "error" in t else "-"] + ["-"] * len(cols) + (["-"] if c != baseline else [])
                 continue
-            cells += [f"{t['ms']:.3f}", _fmt(d.get(value), ".1f")]
-            if pct:
-                mem = pct == "% peak" and d.get("bound") == "memory"
-                cells.append(_fmt(d.get("pct_peak"), ".1f") + (" (mem)" if mem else ""))
+            cells.append(f"{t['ms']:.3f}")
+            for title, value in cols:
+                mem = title == "% peak" and d.get("bound") == "memory"
+                cells.append(_fmt(d.get(value), ".1f") + (" (mem)" if mem else ""))
             if c != baseline:
                 cells.append(_fmt(d.get("speedup"), ".2f"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -292,7 +296,7 @@ def compare(old: dict, new: dict, threshold: float = 0.05) -> dict:
             rows.append({"key": k[0], "contender": k[1], "old_ms": old_ms, "new_ms": b[k], "ratio": ratio,
                          "status": status})
             continue
-        error = errors.get(k) or errors.get((k[0], "setup"))  # "setup": the case's inputs failed to build
+        error = errors.get(k) or errors.get((k[0], SETUP))
         why = error or ("contender not in the new report" if k[0] in new_keys else "case not in the new report")
         lost.append({"key": k[0], "contender": k[1], "old_ms": old_ms, "new_ms": None, "ratio": None,
                      "status": "error" if error else "missing", "why": why})

@@ -110,7 +110,7 @@ def run_cases(config: BenchConfig, items, timer=None, progress=None, results=Non
         try:
             fns = case.make()
         except Exception as e:  # noqa: BLE001 - e.g. out of memory at a large batch
-            fns, timings["setup"] = {}, {"error": f"{type(e).__name__}: {e}"}
+            fns, timings[rep.SETUP] = {}, {"error": f"{type(e).__name__}: {e}"}
         for name, fn in fns.items():
             try:
                 raw = [float(t) for t in timer(fn)]
