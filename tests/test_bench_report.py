@@ -777,3 +777,16 @@ def test_model_flops_count_multihead_attention():
     for attn in (torch.nn.MultiheadAttention(e, 2, batch_first=True),
                  fnn.MultiheadSelfAttention(e, 2, batch_first=True, algo="reference")):
         assert count_flops(Block(attn).eval(), torch.randn(b, l, e)) == expected
+
+
+@pytest.mark.filterwarnings("ignore:.*cannot take this call")  # 'cudnn' on CPU tensors runs the reference
+def test_model_training_step_of_models_with_auxiliary_heads():
+    """GoogLeNet and Inception-v3 return (logits, aux...) in training mode: the model
+    suite's step takes the loss of each (it raised on the tuple)."""
+    import torch
+    from fastcnn.bench.registry import BenchConfig, cases
+    config = BenchConfig(ops=[], models=["googlenet"], model_batches=(2,), device="cpu", contenders=["cudnn"])
+    (train,) = [c for c in cases(config, ["models"]) if c.pass_ == "train"]
+    step = train.make()["cudnn"]
+    step()
+    assert train.flops == pytest.approx(3 * 2 * 2 * 1.5e9, rel=0.1)  # 1.50 GMACs per image (torchvision)

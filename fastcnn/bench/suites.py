@@ -329,6 +329,17 @@ def count_flops(model, x) -> int:
     return s.flops * x.shape[0]
 
 
+def _training_loss(out, labels):
+    """Cross-entropy of the logits; GoogLeNet and Inception-v3 return (logits, aux...)
+    in training mode, whose auxiliary losses count 0.3 each (torchvision's reference
+    recipe for GoogLeNet; the weight does not change the work)."""
+    import torch.nn.functional as F
+    if isinstance(out, tuple):
+        return F.cross_entropy(out[0].float(), labels) + 0.3 * sum(F.cross_entropy(a.float(), labels)
+                                                                   for a in out[1:] if a is not None)
+    return F.cross_entropy(out.float(), labels)
+
+
 @register_suite("models", kind="model")
 def model_suite(config: BenchConfig):
     """The zoo: inference (bf16, channels_last) and an AMP training step, images/s."""
@@ -378,7 +389,7 @@ def model_callables(case, config):
             def step(run=run, opt=opt):
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device, dtype=torch.bfloat16):
-                    loss = torch.nn.functional.cross_entropy(run(x).float(), labels)
+                    loss = _training_loss(run(x), labels)
                 loss.backward()
                 opt.step()
         else:
