@@ -30,12 +30,12 @@ def _conv_bn_relu_case(dtype):
     gamma, beta = torch.rand(32, dtype=dtype) + 0.5, torch.randn(32, dtype=dtype)
     out = ops.conv_bn_act(x, wt, None, gamma, beta, None, None, training=True, padding=1, algo="triton")
     g = torch.randn_like(out)
-    (dx,) = torch.autograd.grad(out, (x,), g)
-    x64 = x.detach().double().requires_grad_()
-    y = torch.nn.functional.conv2d(x64, wt.detach().double(), None, 1, 1)
+    dx, dw = torch.autograd.grad(out, (x, wt), g)
+    x64, w64 = x.detach().double().requires_grad_(), wt.detach().double().requires_grad_()
+    y = torch.nn.functional.conv2d(x64, w64, None, 1, 1)
     ref = torch.relu(torch.nn.functional.batch_norm(y, None, None, gamma.double(), beta.double(), training=True))
-    (rdx,) = torch.autograd.grad(ref, (x64,), g.double())
-    return f"conv_bn_relu train {dtype}", max(_rel(out, ref), _rel(dx, rdx))
+    rdx, rdw = torch.autograd.grad(ref, (x64, w64), g.double())
+    return f"conv_bn_relu train {_short(dtype)}", max(_rel(out, ref), _rel(dx, rdx), _rel(dw, rdw))
 
 
 def _attention_case(dtype):
