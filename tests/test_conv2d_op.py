@@ -243,3 +243,21 @@ def test_autocast_leaves_float64_alone():
 def test_meta_tensors_give_f_conv2d_shapes():
     x, w = torch.empty(2, 3, 9, 7, device="meta"), torch.empty(4, 3, 3, 3, device="meta")
     assert ops.conv2d(x, w, stride=2, padding=1).shape == F.conv2d(x, w, stride=2, padding=1).shape
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6", "silu", "gelu"])
+def test_activation_in_the_epilogue(activation):
+    """conv2d(..., activation=): act(conv(x) + bias), forward and every gradient."""
+    from fastcnn.triton_kernels.reference import ACTIVATION_FNS
+    x = make_input((2, 3, 9, 7), requires_grad=True)
+    w = torch.randn(5, 3, 3, 3, device=DEVICE, requires_grad=True)
+    b = torch.randn(5, device=DEVICE, requires_grad=True)
+    out = ops.conv2d(x, 3 * w, 3 * b, 1, 1, activation=activation)  # x3: past relu6's upper bend too
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = ACTIVATION_FNS[activation](F.conv2d(leaves[0], 3 * leaves[1], 3 * leaves[2], 1, 1))
+    assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, r in zip(torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(ref, leaves, g.double())):
+        assert_close(a, r)
+    with pytest.raises(ValueError, match="fastcnn.conv2d: argument 'activation'"):
+        ops.conv2d(x, w, activation="tanh")

@@ -364,3 +364,18 @@ def test_triton_matches_reference(case):
         for k in sr:
             if "running" in k:
                 assert_close(st[k], sr[k].double(), factor=20, what=f"{name} {k}")
+
+
+@pytest.mark.parametrize("name, fused", [("alexnet", 5), ("vgg11", 8), ("nin_cifar", 9)])
+def test_conv_relu_pairs_run_as_one_op(name, fused, monkeypatch):
+    """Conv2d -> ReLU without BatchNorm (AlexNet, VGG, NiN) is one conv2d call with the
+    ReLU in its epilogue, not a convolution and a separate pass over its output."""
+    import importlib
+    conv_ops = importlib.import_module("fastcnn.ops.conv2d")  # the module: fastcnn.ops.conv2d is the function
+    seen = []
+    real = conv_ops.conv2d_op
+    monkeypatch.setattr(conv_ops, "conv2d_op", lambda *a: seen.append(a[8]) or real(*a))
+    model = M.create(name, num_classes=10, algo="reference").eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64) if name != "nin_cifar" else torch.randn(1, 3, 32, 32))
+    assert seen.count("relu") == fused, seen

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastcnn.nn import Conv2d, LayerNorm, LocalResponseNorm
-from fastcnn.nn.fused import conv_bn_act_forward, is_unfused
+from fastcnn.nn.fused import conv_act_forward, conv_bn_act_forward, is_unfused
 
 # activation name (as fastcnn.ops.conv_bn_act takes it) -> torch module
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -63,8 +63,9 @@ def alexnet_lrn(algo="auto"):
 
 
 class FusedSequential(nn.Sequential):
-    """nn.Sequential whose Conv2d -> BatchNorm2d [-> ReLU/ReLU6/SiLU/GELU] runs are
-    executed as single fused ops; other modules run as they are. Same state_dict keys
+    """nn.Sequential whose Conv2d -> BatchNorm2d [-> ReLU/ReLU6/SiLU/GELU] runs, and
+    Conv2d -> activation pairs (AlexNet, VGG, NiN: the activation in the convolution's
+    epilogue), are executed as single fused ops; other modules run as they are. Same state_dict keys
     as the plain nn.Sequential (torchvision's layout for downsample branches,
     ShuffleNetV2 branches, ...). ``residual`` is added (before the activation) in the
     last run, which must then end the sequence. Under ``unfused()`` the children run
@@ -84,7 +85,10 @@ class FusedSequential(nn.Sequential):
         i, n = 0, len(mods)
         while i < n:
             m = mods[i]
-            if isinstance(m, Conv2d) and i + 1 < n and type(mods[i + 1]) is nn.BatchNorm2d:
+            if isinstance(m, Conv2d) and i + 1 < n and act_name(mods[i + 1]) is not None:  # no BN between
+                x = conv_act_forward(m, x, act_name(mods[i + 1]))
+                i += 2
+            elif isinstance(m, Conv2d) and i + 1 < n and type(mods[i + 1]) is nn.BatchNorm2d:
                 act, j = "none", i + 2
                 if j < n and act_name(mods[j]) is not None:
                     act, j = act_name(mods[j]), j + 1

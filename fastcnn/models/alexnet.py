@@ -16,7 +16,7 @@ with the paper's constants (``_layers.alexnet_lrn``: torch's alpha is the paper'
 import torch
 from torch import nn
 
-from fastcnn.models._layers import alexnet_lrn
+from fastcnn.models._layers import FusedSequential, alexnet_lrn
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d, Linear
 
@@ -47,7 +47,7 @@ class AlexNet(nn.Module):
                 elif op == "P":
                     layers.append(nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=ceil_mode))
             in_channels = out
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)  # conv -> ReLU: one op
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
             # bias + ReLU fused into the Linear; Identity keeps torchvision's indices

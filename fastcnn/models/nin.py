@@ -10,6 +10,7 @@ the classes and global average pooling instead of fully connected layers.
 import torch
 from torch import nn
 
+from fastcnn.models._layers import FusedSequential
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
 
@@ -44,7 +45,7 @@ class NiN(nn.Module):
                 elif op == "gap":
                     layers.append(nn.AdaptiveAvgPool2d(1))
             in_channels = w2
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)  # conv -> ReLU: one op
 
     def forward(self, x):
         return torch.flatten(self.features(x), 1)

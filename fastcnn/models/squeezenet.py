@@ -3,6 +3,7 @@ shapes (``features.N`` with Fire modules, ``classifier.1`` the final 1x1 conv)."
 import torch
 from torch import nn
 
+from fastcnn.models._layers import FusedSequential
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
 
@@ -46,7 +47,7 @@ class SqueezeNet(nn.Module):
             else:
                 layers.append(Fire(c, *entry, algo=algo))
                 c = entry[1] + entry[2]
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)  # conv -> ReLU: one op
         final_conv = Conv2d(c, num_classes, kernel_size=1, algo=algo)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True),
                                         nn.AdaptiveAvgPool2d((1, 1)))

@@ -45,6 +45,14 @@ def bn_call_args(bn: torch.nn.BatchNorm2d):
             bn.running_mean if use_running else None, bn.running_var if use_running else None)
 
 
+def conv_act_forward(conv: Conv2d, x, activation):
+    """act(conv(x) + bias) through fastcnn.ops.conv2d: the activation in the
+    convolution's epilogue."""
+    x, padding = conv.padded_input(x)
+    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
+                      activation=activation, algo=conv.algo)
+
+
 def conv_bn_act_forward(conv: Conv2d, bn: torch.nn.BatchNorm2d, x, residual, activation):
     """act(bn(conv(x)) + residual) through fastcnn.ops.conv_bn_act."""
     x, padding = conv.padded_input(x)

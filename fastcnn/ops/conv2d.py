@@ -19,7 +19,7 @@ from fastcnn.ops._checks import autocast, check_tensor, pair
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import conv2d as conv_kernels
 from fastcnn.triton_kernels import reference
-from fastcnn.triton_kernels._common import conv_memory_format, empty_nchw, memory_format_of
+from fastcnn.triton_kernels._common import ACTIVATIONS, conv_memory_format, empty_nchw, memory_format_of
 from fastcnn.triton_kernels.conv2d import conv_output_shape
 
 OP = "fastcnn.conv2d"
@@ -336,12 +336,17 @@ def apply_conv(input, weight, bias, residual, stride, padding, dilation, groups,
     return reference.ACTIVATION_FNS[activation](out)
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algo="auto"):
-    """torch.nn.functional.conv2d on fastcnn's kernels (``algo``: see fastcnn.ops)."""
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation="none",
+           algo="auto"):
+    """torch.nn.functional.conv2d on fastcnn's kernels (``algo``: see fastcnn.ops);
+    ``activation`` (relu, relu6, silu, gelu) is applied in the convolution's epilogue
+    after the bias."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{OP}: argument 'activation' must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     unbatched = isinstance(input, Tensor) and input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
     input, weight, bias = autocast(input, weight, bias)
     input, stride, padding, dilation = normalize_conv_args(OP, input, weight, bias, stride, padding, dilation, groups)
-    out = conv2d_op(input, weight, bias, None, stride, padding, dilation, groups, "none", algo)
+    out = apply_conv(input, weight, bias, None, stride, padding, dilation, groups, activation, algo)
     return out.squeeze(0) if unbatched else out
