@@ -271,3 +271,37 @@ def test_a_conv_whose_pre_hook_computes_its_weight_is_left_alone(wrap):
         fnn.convert(model)
     assert type(model[0]) is tnn.Conv2d
     torch.testing.assert_close(model(x), want)
+
+
+class ConvReluNet(tnn.Module):
+    """VGG-style convolutions followed straight by activations (no BatchNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = tnn.Sequential(tnn.Conv2d(3, 8, 3, padding=1), tnn.ReLU(inplace=True),
+                                       tnn.Conv2d(8, 8, 3, padding=1), tnn.ReLU6())
+        self.conv = tnn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(self.features(x))
+        return torch.nn.functional.silu(y), y  # y has a second user: its conv keeps no activation
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conv_activation_pairs_take_the_epilogue(training):
+    torch.manual_seed(0)
+    plain = ConvReluNet().to(DEVICE).train(training)
+    converted = fnn.convert(copy.deepcopy(plain), algo="reference")
+    assert [converted.features[i].activation for i in (0, 2)] == ["relu", "relu6"]
+    assert converted.conv.activation == "none"
+    assert converted.state_dict().keys() == plain.state_dict().keys()
+    x = make_input((2, 3, 7, 9), requires_grad=True)
+    ref = copy.deepcopy(plain).double()
+    x64 = x.detach().double().requires_grad_()
+    outs, refs = converted(x), ref(x64)
+    for o, r in zip(outs, refs):
+        assert_close(o, r, torch.float32)
+    grads = torch.autograd.grad(sum(o.square().sum() for o in outs), [x, *converted.parameters()])
+    want = torch.autograd.grad(sum(r.square().sum() for r in refs), [x64, *ref.parameters()])
+    for a, b in zip(grads, want):
+        assert_close(a, b, torch.float32)

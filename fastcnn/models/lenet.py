@@ -10,6 +10,7 @@ module indices, so ``fastcnn.nn.convert`` finds nothing to change."""
 import torch
 from torch import nn
 
+from fastcnn.models._layers import FusedSequential
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d, Linear
 
@@ -32,7 +33,7 @@ class LeNet5(nn.Module):
             if pool_after:
                 layers.append(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2))
             in_channels = out
-        self.features = nn.Sequential(*layers)
+        self.features = FusedSequential(*layers)  # conv -> ReLU: one op (Tanh/Sigmoid stay apart)
         fcs = []
         for width in fc_cfg:
             if activation in FUSABLE:

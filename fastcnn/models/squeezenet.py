@@ -6,6 +6,7 @@ from torch import nn
 from fastcnn.models._layers import FusedSequential
 from fastcnn.models._registry import register_model
 from fastcnn.nn import Conv2d
+from fastcnn.nn.fused import conv_act_forward, is_unfused
 
 # The stem conv (out, kernel, stride), then "M" a 3x3/2 ceil-mode max-pool or a Fire
 # module (squeeze, expand1x1, expand3x3); input channels follow from the previous entry.
@@ -18,6 +19,10 @@ CONFIGS = {
 
 
 class Fire(nn.Module):
+    """squeeze 1x1 -> ReLU, then expand 1x1 and 3x3 (each -> ReLU) concatenated; each
+    conv -> ReLU is one op (the ReLU in the convolution's epilogue)."""
+    _fastcnn_fused = True  # fastcnn.nn.convert: fused already
+
     def __init__(self, inplanes, squeeze_planes, expand1x1_planes, expand3x3_planes, algo="auto"):
         super().__init__()
         self.inplanes = inplanes
@@ -29,9 +34,12 @@ class Fire(nn.Module):
         self.expand3x3_activation = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
-                          self.expand3x3_activation(self.expand3x3(x))], 1)
+        if is_unfused():  # module by module (fastcnn.models.summary)
+            x = self.squeeze_activation(self.squeeze(x))
+            return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                              self.expand3x3_activation(self.expand3x3(x))], 1)
+        x = conv_act_forward(self.squeeze, x, "relu")
+        return torch.cat([conv_act_forward(self.expand1x1, x, "relu"), conv_act_forward(self.expand3x3, x, "relu")], 1)
 
 
 class SqueezeNet(nn.Module):
@@ -49,8 +57,8 @@ class SqueezeNet(nn.Module):
                 c = entry[1] + entry[2]
         self.features = FusedSequential(*layers)  # conv -> ReLU: one op
         final_conv = Conv2d(c, num_classes, kernel_size=1, algo=algo)
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d((1, 1)))
+        self.classifier = FusedSequential(nn.Dropout(p=dropout), final_conv, nn.ReLU(inplace=True),
+                                          nn.AdaptiveAvgPool2d((1, 1)))
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 if m is final_conv:

@@ -7,11 +7,14 @@ from fastcnn import ops
 
 class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d with the same arguments, parameters and state_dict, computed by
-    ``fastcnn.ops.conv2d``. Extra keyword: ``algo`` (see fastcnn.ops)."""
+    ``fastcnn.ops.conv2d``. Extra keywords: ``algo`` (see fastcnn.ops) and
+    ``activation`` (relu, relu6, silu, gelu: applied in the convolution's epilogue;
+    ``fastcnn.nn.convert`` sets it where a Conv2d's only user is that activation)."""
 
-    def __init__(self, *args, algo: str = "auto", **kwargs):
+    def __init__(self, *args, algo: str = "auto", activation: str = "none", **kwargs):
         super().__init__(*args, **kwargs)
         self.algo = algo
+        self.activation = activation
 
     def padded_input(self, input):
         """(input, padding) with a non-zero padding_mode applied, as torch.nn.Conv2d does."""
@@ -21,7 +24,8 @@ class Conv2d(torch.nn.Conv2d):
 
     def _conv_forward(self, input, weight, bias):
         input, padding = self.padded_input(input)
-        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, algo=self.algo)
+        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                          activation=self.activation, algo=self.algo)
 
     @classmethod
     def from_torch(cls, conv: torch.nn.Conv2d, algo: str = "auto", **extra):
@@ -34,4 +38,5 @@ class Conv2d(torch.nn.Conv2d):
         return new
 
     def extra_repr(self):
-        return super().extra_repr() + f", algo={self.algo!r}"
+        act = f", activation={self.activation!r}" if self.activation != "none" else ""
+        return super().extra_repr() + act + f", algo={self.algo!r}"

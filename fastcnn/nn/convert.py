@@ -3,8 +3,8 @@
 1. Every torch.nn.Conv2d, LocalResponseNorm, LayerNorm and MultiheadAttention
    becomes its fastcnn.nn twin sharing its parameters (see SWAPS).
 2. Conv2d -> BatchNorm2d [-> + residual] [-> activation] chains are fused into one
-   fastcnn op, and Linear -> activation (GELU, ReLU, ReLU6, SiLU) into
-   fastcnn.nn.Linear(activation=...). Fusion follows dataflow, not attribute order:
+   fastcnn op, Conv2d -> activation pairs into Conv2d(activation=...), and Linear ->
+   activation (GELU, ReLU, ReLU6, SiLU) into fastcnn.nn.Linear(activation=...). Fusion follows dataflow, not attribute order:
    each module's forward is traced with torch.fx (its children kept as leaves), and
    a chain is fused only when every intermediate value has a single user and each
    module of it is called once. The module then runs the rewritten graph (its class, attributes
@@ -141,7 +141,8 @@ def _fuse_children(module, algo):
             continue
         kind = type(modules.get(node.target))
         if kind is Conv2d:
-            fused_any |= _fuse_conv_bn_act(module, graph, modules, calls, node)
+            fused_any |= (_fuse_conv_bn_act(module, graph, modules, calls, node)
+                          or _fuse_conv_act(module, graph, modules, node))
         elif kind is torch.nn.Linear:
             fused_any |= _fuse_linear_act(module, graph, modules, node, algo)
     if fused_any:
@@ -184,6 +185,20 @@ def _fuse_conv_bn_act(module, graph, modules, calls, conv_node):
     fused = FusedConv2dBN.from_torch(conv, algo=conv.algo).fuse(modules[bn_node.target], activation)
     args = (conv_node.args[0],) if residual is None else (conv_node.args[0], residual)
     return _replace_chain(module, graph, chain, conv_node.target, fused, args)
+
+
+def _fuse_conv_act(module, graph, modules, conv_node):
+    """Conv2d -> activation (no BatchNorm between): the activation moves into the
+    Conv2d's epilogue (``Conv2d.activation``); the activation module stays registered."""
+    conv = modules[conv_node.target]
+    act_node = _single_user(conv_node)
+    activation = act_node and _activation_of(act_node, modules)
+    if (activation not in ACTIVATIONS or activation == "none" or conv.activation != "none"
+            or len(act_node.args) != 1 or _hooked(conv)
+            or (act_node.op == "call_module" and _hooked(modules[act_node.target]))):
+        return False
+    conv.activation = activation
+    return _replace_chain(module, graph, [conv_node, act_node], conv_node.target, conv, conv_node.args)
 
 
 def _fuse_linear_act(module, graph, modules, linear_node, algo):

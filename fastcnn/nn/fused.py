@@ -125,4 +125,4 @@ class FusedConv2dBN(Conv2d):
                                             padding, self.dilation))
 
     def extra_repr(self):
-        return super().extra_repr() + f", fused with BatchNorm2d, activation={self.activation!r}"
+        return super().extra_repr() + ", fused with the BatchNorm2d after it"  # (and the activation shown)
