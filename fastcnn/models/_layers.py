@@ -13,11 +13,11 @@ and BN modules (and its activation modules, where it has them) one by one instea
 the same math: that is how ``fastcnn.models.summary`` sees each layer."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastcnn.nn import Conv2d, LayerNorm, LocalResponseNorm
 from fastcnn.nn.fused import conv_act_forward, conv_bn_act_forward, is_unfused
+from fastcnn.triton_kernels.reference import ACTIVATION_FNS
 
 # activation name (as fastcnn.ops.conv_bn_act takes it) -> torch module
 ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU}
@@ -41,14 +41,13 @@ def make_divisible(v, divisor=8, min_value=None):
     return new_v
 
 
-_ACT_FUNCTIONS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "silu": F.silu, "gelu": F.gelu}
 def fused(conv, bn, x, residual=None, activation="relu"):
     """act(bn(conv(x)) + residual) as one fastcnn op on existing submodules; under
     ``unfused()`` conv and bn are called as modules and the activation (a name) as a
     function."""
     if is_unfused():
         x = bn(conv(x))
-        return _ACT_FUNCTIONS[activation](x if residual is None else x + residual)
+        return ACTIVATION_FNS[activation](x if residual is None else x + residual)
     return conv_bn_act_forward(conv, bn, x, residual, activation)
 
 

@@ -22,10 +22,11 @@ class Conv2d(torch.nn.Conv2d):
             return input, self.padding
         return F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
 
-    def _conv_forward(self, input, weight, bias):
+    def _conv_forward(self, input, weight, bias, activation=None):
+        """``activation``: this call's (fastcnn.nn.fused.conv_act_forward), else the module's."""
         input, padding = self.padded_input(input)
         return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                          activation=self.activation, algo=self.algo)
+                          activation=self.activation if activation is None else activation, algo=self.algo)
 
     @classmethod
     def from_torch(cls, conv: torch.nn.Conv2d, algo: str = "auto", **extra):

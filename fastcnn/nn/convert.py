@@ -4,8 +4,9 @@
    becomes its fastcnn.nn twin sharing its parameters (see SWAPS).
 2. Conv2d -> BatchNorm2d [-> + residual] [-> activation] chains are fused into one
    fastcnn op, Conv2d -> activation pairs into Conv2d(activation=...), and Linear ->
-   activation (GELU, ReLU, ReLU6, SiLU) into fastcnn.nn.Linear(activation=...). Fusion follows dataflow, not attribute order:
-   each module's forward is traced with torch.fx (its children kept as leaves), and
+   activation (GELU, ReLU, ReLU6, SiLU) into fastcnn.nn.Linear(activation=...).
+   Fusion follows dataflow, not attribute order: each module's forward is traced
+   with torch.fx (its children kept as leaves), and
    a chain is fused only when every intermediate value has a single user and each
    module of it is called once. The module then runs the rewritten graph (its class, attributes
    and state_dict keys stay as they were). A module that cannot be traced keeps its
@@ -52,6 +53,11 @@ _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 def _hooked(module) -> bool:
     """Whether calling ``module`` runs hooks (which fusing it away would skip)."""
     return any(getattr(module, name, None) for name in _CALL_HOOKS)
+
+
+def _hooked_node(node, modules) -> bool:
+    """Whether an fx node is a call of a hooked module (a function call has no hooks)."""
+    return node.op == "call_module" and _hooked(modules[node.target])
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):
@@ -178,7 +184,7 @@ def _fuse_conv_bn_act(module, graph, modules, calls, conv_node):
         chain.append(nxt)
         nxt = _single_user(nxt)
     if (nxt and _activation_of(nxt, modules) in ACTIVATIONS and len(nxt.args) == 1
-            and not (nxt.op == "call_module" and _hooked(modules[nxt.target]))):
+            and not _hooked_node(nxt, modules)):
         activation = _activation_of(nxt, modules)
         chain.append(nxt)
     conv = modules[conv_node.target]
@@ -193,9 +199,9 @@ def _fuse_conv_act(module, graph, modules, conv_node):
     conv = modules[conv_node.target]
     act_node = _single_user(conv_node)
     activation = act_node and _activation_of(act_node, modules)
-    if (activation not in ACTIVATIONS or activation == "none" or conv.activation != "none"
+    if (activation not in ACTIVATIONS or conv.activation != "none"
             or len(act_node.args) != 1 or _hooked(conv)
-            or (act_node.op == "call_module" and _hooked(modules[act_node.target]))):
+            or _hooked_node(act_node, modules)):
         return False
     conv.activation = activation
     return _replace_chain(module, graph, [conv_node, act_node], conv_node.target, conv, conv_node.args)
@@ -207,7 +213,7 @@ def _fuse_linear_act(module, graph, modules, linear_node, algo):
     act_node = _single_user(linear_node)
     activation = act_node and _activation_of(act_node, modules)
     if (not activation or len(act_node.args) != 1 or _hooked(modules[linear_node.target])
-            or (act_node.op == "call_module" and _hooked(modules[act_node.target]))):
+            or _hooked_node(act_node, modules)):
         return False
     linear = modules[linear_node.target]
     fused = Linear.from_torch(linear, activation=activation, algo=algo)

@@ -48,9 +48,7 @@ def bn_call_args(bn: torch.nn.BatchNorm2d):
 def conv_act_forward(conv: Conv2d, x, activation):
     """act(conv(x) + bias) through fastcnn.ops.conv2d: the activation in the
     convolution's epilogue."""
-    x, padding = conv.padded_input(x)
-    return ops.conv2d(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups,
-                      activation=activation, algo=conv.algo)
+    return conv._conv_forward(x, conv.weight, conv.bias, activation)
 
 
 def conv_bn_act_forward(conv: Conv2d, bn: torch.nn.BatchNorm2d, x, residual, activation):
