@@ -216,19 +216,17 @@ struct Strides4 {
 };
 
 // ---- epilogue activations (codes: Act above)
-// Applied in the accumulator type; relu / relu6 are fmax / fmin, as tl.maximum /
-// tl.minimum in the Triton epilogue.
-// One body for float and double: the std:: overloads pick fmaxf / expf / erff for
+// Applied in the accumulator type. relu / relu6 keep NaN, as torch.relu and the
+// Triton epilogue do (fmax / fmin would return the other operand: relu(NaN) = 0).
+// One body for float and double: the std:: overloads pick expf / erff for
 // float (device overloads under nvcc, <cmath>'s in the host emulation).
 template <typename A>
 FASTCNN_DEVICE A activate(A z, int act) {
   using std::erf;
   using std::exp;
-  using std::fmax;
-  using std::fmin;
   switch (act) {
-    case kRelu: return fmax(z, A(0));
-    case kRelu6: return fmin(fmax(z, A(0)), A(6));
+    case kRelu: return z < A(0) ? A(0) : z;
+    case kRelu6: return z < A(0) ? A(0) : (z > A(6) ? A(6) : z);
     case kSilu: return z / (A(1) + exp(-z));
     case kGelu: return A(0.5) * z * (A(1) + erf(z * A(0.70710678118654752440)));
     default: return z;

@@ -393,3 +393,21 @@ def test_winograd_zero_input_channels_gives_bias(cuda):
     b = torch.randn(4)
     y = cw.forward(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3), b, None, [1, 1], [1, 1], [1, 1], 1, "relu")
     torch.testing.assert_close(y, F.relu(b)[None, :, None, None].expand(2, 4, 5, 5))
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_epilogue_activations_keep_nan(cuda, activation):
+    """relu / relu6 in the CUDA epilogues keep NaN and inf as torch.relu does (fmax
+    would turn NaN into 0). Winograd's transforms spread a NaN or inf over its output
+    tile (inf - inf), as any Winograd does: it must hide none, but may show more."""
+    x = torch.randn(2, 16, 9, 8)
+    x[0, 3, 4, 4], x[1, 9, 2, 6] = float("nan"), float("inf")
+    geo = ([1, 1], [1, 1], [1, 1])
+    wd = torch.randn(16, 1, 3, 3)
+    y = cd.forward(x, wd, None, None, *geo, 16, activation)
+    want = reference.conv2d_forward(x.double(), wd.double(), None, None, *geo, 16, activation)
+    assert want.isnan().any() and torch.equal(y.isnan(), want.isnan()) and torch.equal(y.isinf(), want.isinf())
+    wt = torch.randn(8, 16, 3, 3)
+    y = cw.forward(x, wt, None, None, *geo, 1, activation)
+    want = reference.conv2d_forward(x.double(), wt.double(), None, None, *geo, 1, activation)
+    assert not (y.isfinite() & ~want.isfinite()).any()

@@ -72,11 +72,13 @@ ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2, "silu": 3, "gelu": 4}
 
 @triton.jit
 def apply_activation(x, ACT: tl.constexpr):
-    """Elementwise activation on an fp32 tile; ACT is a code from ACTIVATIONS."""
+    """Elementwise activation on an fp32 tile; ACT is a code from ACTIVATIONS.
+    relu / relu6 keep NaN as torch.relu / F.relu6 do (tl.maximum's default drops it:
+    relu(NaN) would be 0, hiding a diverged layer from NaN checks)."""
     if ACT == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 2:
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+        x = tl.clamp(x, 0.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 3:
         x = x / (1.0 + tl.exp(-x))
     elif ACT == 4:
@@ -86,13 +88,14 @@ def apply_activation(x, ACT: tl.constexpr):
 
 @triton.jit
 def activation_grad(z, ACT: tl.constexpr):
-    """d act(z) / dz on an fp32 tile of pre-activation values z."""
+    """d act(z) / dz on an fp32 tile of pre-activation values z. relu / relu6 pass
+    the gradient at NaN, as PyTorch's threshold / hardtanh backward do."""
     if ACT == 0:
         g = tl.full(z.shape, 1.0, tl.float32)
     elif ACT == 1:
-        g = tl.where(z > 0.0, 1.0, 0.0)
+        g = tl.where(z <= 0.0, 0.0, 1.0)
     elif ACT == 2:
-        g = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
+        g = tl.where((z <= 0.0) | (z >= 6.0), 0.0, 1.0)
     elif ACT == 3:
         s = 1.0 / (1.0 + tl.exp(-z))
         g = s * (1.0 + z * (1.0 - s))

@@ -23,9 +23,9 @@ def activation_grad(z, activation):
     if activation == "none":
         return torch.ones_like(z)
     if activation == "relu":
-        return (z > 0).to(z.dtype)
+        return (~(z <= 0)).to(z.dtype)  # 1 at NaN, as PyTorch's relu backward
     if activation == "relu6":
-        return ((z > 0) & (z < 6)).to(z.dtype)
+        return (~((z <= 0) | (z >= 6))).to(z.dtype)
     if activation == "silu":
         s = torch.sigmoid(z)
         return s * (1 + z * (1 - s))

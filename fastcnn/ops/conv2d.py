@@ -246,11 +246,12 @@ def conv_backward(grad, input, weight, needs_input, needs_weight, stride, paddin
 
 
 def activation_mask(out, activation):
-    """act'(z) read off out = act(z), for the activations in OUTPUT_DIFFERENTIABLE."""
+    """act'(z) read off out = act(z), for the activations in OUTPUT_DIFFERENTIABLE;
+    true at NaN, as PyTorch's threshold / hardtanh backward."""
     if activation == "relu":
-        return out > 0
+        return ~(out <= 0)
     if activation == "relu6":
-        return (out > 0) & (out < 6)
+        return ~((out <= 0) | (out >= 6))
     return None
 
 
