@@ -148,7 +148,10 @@ all)
   # short (pytest runs a file named twice once, where it is first named; a folder
   # argument would sort them all again).
   plan tests-gpu 140 run_pytest tests-gpu -m gpu "${GPU_FILES[@]}"
-  plan tests-rest 40 run_pytest tests-rest tests -m "not gpu" -x --ignore=tests/test_compile_check.py
+  # Then the CPU suite on the GPU, NaN propagation first: the GPU's max / min differ
+  # from the interpreter's NumPy ones at NaN.
+  plan tests-rest 40 run_pytest tests-rest tests/test_nan_propagation.py tests -m "not gpu" -x \
+    --ignore=tests/test_compile_check.py
   plan_sanitizer 18
   # bench --quick autotunes every kernel and (model suite) runs torch.compile, which
   # together overran 90 s: here one tile configuration per kernel and the op suites
