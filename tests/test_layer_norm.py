@@ -186,6 +186,27 @@ def test_only_the_sum_is_used():
     assert torch.equal(dx, torch.full_like(x, 3.0)) and torch.equal(dr, torch.full_like(r, 3.0))
 
 
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_outputs_take_in_place_ops(residual):
+    """y = layer_norm(x); y.mul_(2) (an in-place dropout) works as after nn.LayerNorm:
+    the outputs are tensors of their own, not views of the kernels' 2-D results."""
+    x = torch.randn(2, 3, 5, 24, device=DEVICE, requires_grad=True)
+    r = torch.randn(2, 3, 5, 24, device=DEVICE, requires_grad=True) if residual else None
+    w, b = _param(24), _param(24)
+    out = layer_norm(x, (24,), w, b, residual=r)
+    y, s = out if residual else (out, None)
+    assert not y._is_view() and (s is None or not s._is_view())
+    y.mul_(2)
+    # (the sum is saved for the backward, as F.layer_norm(x + r) saves x + r: no in-place there)
+    loss = y.square().sum() + (3 * s.sum() if residual else 0)
+    leaves, ref, h = reference64(x, (24,), w, b, r)
+    ref_loss = (2 * ref).square().sum() + (3 * h.sum() if residual else 0)
+    inputs = [t for t in (x, r, w, b) if t is not None]
+    refs = [t for t in leaves if t is not None]
+    for got, want in zip(torch.autograd.grad(loss, inputs), torch.autograd.grad(ref_loss, refs)):
+        assert rel_error(got, want) < 1e-5
+
+
 def test_backward_is_deterministic():
     x = torch.randn(40, 37, device=DEVICE, requires_grad=True)
     w, b = _param(37), _param(37)

@@ -127,9 +127,20 @@ def layer_norm_op(input: Tensor, residual: Optional[Tensor], weight: Optional[Te
     y, s, mean, rstd = forward_dispatch(algo, x, res, w, b, eps)
     sdt = compute_dtype(input.dtype)
     # Every backend returns the layout and dtypes the fake kernel promises.
-    y = y.to(input.dtype).reshape(input.shape).contiguous()
-    s = s.to(input.dtype).reshape(input.shape).contiguous() if residual is not None else _empty(input)
-    return y, s, mean.to(sdt).reshape(lead).contiguous(), rstd.to(sdt).reshape(lead).contiguous()
+    y = _unviewed(y.to(input.dtype), input.shape)
+    s = _unviewed(s.to(input.dtype), input.shape) if residual is not None else _empty(input)
+    return y, s, _unviewed(mean.to(sdt), lead), _unviewed(rstd.to(sdt), lead)
+
+
+def _unviewed(t, shape):
+    """t reshaped to shape (contiguous), as a tensor of its own: a reshape of the
+    kernels' (rows, N) result would be a view, and autograd refuses in-place ops on
+    a custom op's output that is a view (``y = ln(x); y.add_(1)``, an in-place
+    dropout), which nn.LayerNorm allows."""
+    t = t.reshape(shape).contiguous()
+    if t._base is None:
+        return t
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
 @layer_norm_op.register_fake
