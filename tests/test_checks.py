@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 from fastcnn import ops
 from fastcnn.ops._checks import pair
@@ -54,3 +55,39 @@ def test_resolve_padding_rejects_the_rest(padding, stride, match):
     from fastcnn.ops.conv2d import resolve_padding
     with pytest.raises(ValueError, match=f"op: {match}"):
         resolve_padding("op", (5, 3, 3, 3), stride, padding, [1, 1])
+
+
+# Every public op on a small float64 input x, as a function of x alone.
+_W = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+OPS_OF_X = {
+    "conv2d": lambda x: ops.conv2d(x, _W, padding=1),
+    "conv_bn_act": lambda x: ops.conv_bn_act(x, _W, None, torch.ones(3).double(), torch.zeros(3).double(),
+                                             torch.zeros(3).double(), torch.ones(3).double(), training=False),
+    "depthwise_conv2d": lambda x: ops.depthwise_conv2d(x, _W[:2, :1]),
+    "separable_conv2d": lambda x: ops.separable_conv2d(x, _W[:2, :1], _W[:, :, :1, :1]),
+    "local_response_norm": lambda x: ops.local_response_norm(x, 3),
+    "layer_norm": lambda x: ops.layer_norm(x, (6,)),
+    "bias_act": lambda x: ops.bias_act(x, None, "gelu"),
+    "attention": lambda x: ops.attention(x, x, x),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS_OF_X))
+def test_unsupported_autograd_modes_raise_instead_of_giving_zeros(name):
+    """A custom op without a JVP rule gives a zero tangent under forward-mode AD with
+    no error, and torch.func.grad fails inside autograd.Function: both are refused
+    with the op named. Reverse mode and vmap work."""
+    fn, x = OPS_OF_X[name], torch.randn(2, 2, 5, 6, dtype=torch.float64)
+    match = rf"fastcnn\.{name}: forward-mode AD"
+    with pytest.raises(NotImplementedError, match=match):
+        torch.func.jvp(fn, (x,), (torch.ones_like(x),))
+    with forward_ad.dual_level():
+        with pytest.raises(NotImplementedError, match=match):
+            fn(forward_ad.make_dual(x, torch.ones_like(x)))
+        fn(x)  # a plain tensor inside a dual level is fine
+    with pytest.raises(NotImplementedError, match=rf"fastcnn\.{name}: torch\.func\.grad"):
+        torch.func.grad(lambda x: fn(x).sum())(x)
+    x.requires_grad_()
+    assert torch.autograd.grad(fn(x).sum(), x)[0].shape == x.shape
+    batched = torch.func.vmap(lambda xi: fn(xi[None])[0])(x.detach())
+    torch.testing.assert_close(batched, fn(x.detach()))

@@ -2,6 +2,8 @@
 import operator
 
 import torch
+from torch._C._functorch import TransformType, get_interpreter_stack
+from torch.autograd import forward_ad
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -47,3 +49,25 @@ def autocast(*tensors):
     dtype = torch.get_autocast_dtype(first.device.type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
                  else t for t in tensors)
+
+
+def check_autograd_mode(op, *tensors):
+    """Refuse the autograd modes fastcnn's custom ops cannot serve, rather than let
+    PyTorch give wrong numbers: forward-mode AD (a dual tensor, torch.func.jvp,
+    jacfwd, hessian), for which a custom op without a JVP rule silently returns a
+    zero tangent; and torch.func.grad / vjp / jacrev, which would fail with an error
+    about autograd.Function internals that names neither fastcnn nor the op.
+    torch.autograd.grad, double backward (conv2d and the convolutions built on it)
+    and vmap work. Skipped while torch.compile traces (dynamo cannot trace the
+    transform stack)."""
+    if torch.compiler.is_compiling():
+        return
+    transforms = {interpreter.key() for interpreter in get_interpreter_stack() or ()}
+    dual = forward_ad._current_level >= 0 and any(
+        isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    if dual or TransformType.Jvp in transforms:
+        raise NotImplementedError(f"{op}: forward-mode AD (dual tensors, torch.func.jvp / jacfwd / hessian) "
+                                  "is not supported: fastcnn's ops have no JVP rule")
+    if TransformType.Grad in transforms:
+        raise NotImplementedError(f"{op}: torch.func.grad / vjp / jacrev are not supported; use "
+                                  "torch.autograd.grad (is_grads_batched=True batches vector-Jacobian products)")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastcnn.ops._checks import autocast, check_tensor
+from fastcnn.ops._checks import autocast, check_autograd_mode, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import attention as attn_kernels
 from fastcnn.triton_kernels._common import interpret_mode
@@ -310,6 +310,7 @@ def attention(query, key, value, *, causal=False, scale=None, attn_mask=None, dr
     makes the backward bitwise reproducible. A float mask that requires grad runs the
     differentiable reference (which materializes the scores), with the same seeded
     dropout mask."""
+    check_autograd_mode(OP, query, key, value, attn_mask)
     query, key, value = autocast(query, key, value)  # first: the checks see what the kernels get
     check_attention_args(query, key, value, attn_mask, dropout_p)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from fastcnn.ops._checks import check_tensor
+from fastcnn.ops._checks import check_autograd_mode, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import bias_act as ba_kernels
 from fastcnn.triton_kernels.reference import compute_dtype
@@ -155,5 +155,6 @@ def bias_act(input, bias=None, activation="gelu", *, algo="auto"):
     """act(input + bias) in one pass: input (..., N), bias (N,) or None, activation
     one of "none", "relu", "relu6", "silu", "gelu", "gelu_tanh" (``algo``: see
     fastcnn.ops). Computed in fp32 (fp64 for fp64), rounded once to input's dtype."""
+    check_autograd_mode(OP, input, bias)
     bias = check_bias_act_args(input, bias, activation)
     return bias_act_op(input, bias, activation, algo)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastcnn.ops._checks import autocast, check_tensor, pair
+from fastcnn.ops._checks import autocast, check_autograd_mode, check_tensor, pair
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import conv2d as conv_kernels
 from fastcnn.triton_kernels import reference
@@ -347,6 +347,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     unbatched = isinstance(input, Tensor) and input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
+    check_autograd_mode(OP, input, weight, bias)
     input, weight, bias = autocast(input, weight, bias)
     input, stride, padding, dilation = normalize_conv_args(OP, input, weight, bias, stride, padding, dilation, groups)
     out = apply_conv(input, weight, bias, None, stride, padding, dilation, groups, activation, algo)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastcnn.ops._checks import autocast, check_tensor
+from fastcnn.ops._checks import autocast, check_autograd_mode, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.ops.conv2d import (_no_cudnn, apply_conv, conv_backward, cuda_forward, cuda_forward_reasons,
                                 normalize_conv_args, triton_forward_reasons)
@@ -199,6 +199,7 @@ def conv_bn_act(input, weight, bias, bn_weight, bn_bias, running_mean, running_v
     ``running_var`` (if given) are updated in place with ``momentum``; with
     ``training=False`` the running statistics normalize (folded into the weights).
     ``activation``: none, relu, relu6, silu or gelu."""
+    check_autograd_mode(OP, input, weight, bias, bn_weight, bn_bias, residual)
     input, weight, bias, residual = autocast(input, weight, bias, residual)
     input, stride, padding, dilation = normalize_conv_args(OP, input, weight, bias, stride, padding, dilation, groups)
     if activation not in ACTIVATIONS:

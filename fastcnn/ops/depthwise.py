@@ -10,7 +10,7 @@ conv2d.
 """
 from torch import Tensor
 
-from fastcnn.ops._checks import autocast, check_tensor
+from fastcnn.ops._checks import autocast, check_autograd_mode, check_tensor
 from fastcnn.ops.conv2d import conv2d_op, normalize_conv_args
 
 OP = "fastcnn.depthwise_conv2d"
@@ -26,6 +26,7 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, 
         input = input.unsqueeze(0)
     check_tensor(OP, "input", input, dim=4)
     check_tensor(OP, "weight", weight, dim=4)
+    check_autograd_mode(OP, input, weight, bias)
     input, weight, bias = autocast(input, weight, bias)
     c = input.shape[1]
     k = weight.shape[0]

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from fastcnn.ops._checks import check_tensor
+from fastcnn.ops._checks import check_autograd_mode, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import layernorm as ln_kernels
 from fastcnn.triton_kernels.reference import compute_dtype
@@ -265,6 +265,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, res
     ``(y, h)`` (h for the next residual connection of a pre-norm block); otherwise
     returns y. Statistics are fp32 (fp64 for fp64); see the module docstring for
     dtypes and autocast."""
+    check_autograd_mode(OP, input, weight, bias, residual)
     shape = check_layer_norm_args(input, normalized_shape, weight, bias, eps, residual)
     if residual is not None and residual.dtype != input.dtype:
         dtype = torch.promote_types(input.dtype, residual.dtype)

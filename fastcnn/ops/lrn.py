@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastcnn.ops import _cuda_lrn
-from fastcnn.ops._checks import check_tensor
+from fastcnn.ops._checks import check_autograd_mode, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, autograd_inside_op, cudnn_reasons, triton_reasons
 from fastcnn.triton_kernels import lrn as lrn_kernels
 from fastcnn.triton_kernels._common import empty_nchw, memory_format_of
@@ -177,6 +177,7 @@ def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, *, within_cha
 
     ``within_channel=True``: normalize over a size x size spatial neighbourhood of
     each channel instead (Caffe's WITHIN_CHANNEL; alpha is divided by size^2)."""
+    check_autograd_mode(OP, input)
     alpha, beta, k = check_lrn_args(input, size, alpha, beta, k, within_channel)
     three_d = input.dim() == 3
     if three_d:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fastcnn.ops import _cuda_depthwise
-from fastcnn.ops._checks import autocast, check_tensor
+from fastcnn.ops._checks import autocast, check_autograd_mode, check_tensor
 from fastcnn.ops._dispatch import OpDispatcher, cudnn_reasons, triton_reasons
 from fastcnn.ops.conv2d import (_no_cudnn, activation_mask, conv2d_input_grad_op, conv2d_op,
                                 conv2d_weight_grad_op, normalize_conv_args)
@@ -176,6 +176,7 @@ def separable_conv2d(input, depthwise_weight, pointwise_weight, depthwise_bias=N
     check_tensor(OP, "input", input, dim=4)
     check_tensor(OP, "depthwise_weight", depthwise_weight, dim=4)
     check_tensor(OP, "pointwise_weight", pointwise_weight, dim=4)
+    check_autograd_mode(OP, input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, residual)
     input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, residual = autocast(
         input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, residual)
     c = input.shape[1]
