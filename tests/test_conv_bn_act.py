@@ -123,6 +123,7 @@ def test_empty_batch():
     ("activation", "tanh", "'activation' must be one of"),
     ("bn_weight", torch.ones(5), "'bn_weight' has 5 elements"),
     ("residual", torch.zeros(2, 16, 3, 3), "'residual' has shape"),
+    ("momentum", None, "'momentum' must be a number"),
 ])
 def test_bad_arguments(name, value, match):
     x, wt, gamma, beta, _ = _block_inputs()
@@ -131,6 +132,28 @@ def test_bad_arguments(name, value, match):
     (args if name in args else kwargs)[name] = value.to(DEVICE) if torch.is_tensor(value) else value
     with pytest.raises(ValueError, match=f"fastcnn.conv_bn_act: argument {match}"):
         ops.conv_bn_act(x, wt, None, args["bn_weight"], args["bn_bias"], None, None, **kwargs)
+
+
+def test_double_backward_refused_in_training_works_in_eval():
+    """create_graph=True through the training op would drop every second-order path
+    through the batch statistics (a wrong gradient penalty, silently): it raises. In
+    eval (BN folded into the convolution) it is conv2d's and matches float64 torch."""
+    x, wt, gamma, beta, _ = _block_inputs()
+    x64, wt64 = x.detach().double().requires_grad_(), wt.detach().double().requires_grad_()
+    c = torch.randn(2, 16, 9, 7, device=DEVICE, dtype=torch.float64)
+    out = ops.conv_bn_act(x64, wt64, None, None, None, None, None, training=True, padding=1, activation="none")
+    with pytest.raises(NotImplementedError, match="fastcnn.conv_bn_act: double backward"):
+        torch.autograd.grad((out * c).sum(), x64, create_graph=True)
+    assert torch.autograd.grad((out * c).sum(), x64)[0].shape == x64.shape  # a plain backward works
+
+    rm, rv = torch.randn(16, device=DEVICE).double(), torch.rand(16, device=DEVICE).double() + 0.5
+    def penalty(fn):
+        gx, = torch.autograd.grad((fn(x64, wt64) * c).sum(), x64, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), wt64)[0]
+    ours = penalty(lambda x, w: ops.conv_bn_act(x, w, None, None, None, rm, rv, training=False, padding=1,
+                                                activation="none"))
+    want = penalty(lambda x, w: F.batch_norm(F.conv2d(x, w, None, 1, 1), rm, rv, training=False))
+    torch.testing.assert_close(ours, want)
 
 
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")

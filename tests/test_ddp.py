@@ -44,6 +44,9 @@ def _worker(rank, world, init_file, kind, batch, result_file):
     grads = {n: p.grad for n, p in model.module.named_parameters()}
     if rank == 0:
         torch.save(grads, result_file)
+    # Both ranks leave together: a rank that tore gloo down while the other was still
+    # busy sometimes aborted ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -161,6 +161,13 @@ def _setup_train(ctx, inputs, output):
 
 def _backward_train(ctx, grad_out, _gy, _gmean, _gvar):
     input, weight, gamma, beta, residual, y, mean, var = ctx.saved_tensors
+    # create_graph=True: the graph of this backward would miss every path through the
+    # batch statistics (y, mean, var are saved non-differentiable), so a gradient
+    # penalty would come out wrong without an error. Refuse it instead.
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (grad_out, input, weight, gamma, beta, residual)):
+        raise NotImplementedError(f"{OP}: double backward (create_graph=True) in training mode is not supported; "
+                                  "use training=False, or conv2d followed by F.batch_norm")
     dy, dgamma, dbeta, dres = bn_act_backward_op(grad_out, y, mean, torch.rsqrt(var + ctx.eps), gamma, beta,
                                                  residual, ctx.activation, ctx.algo)
     need = ctx.needs_input_grad
@@ -216,6 +223,9 @@ def conv_bn_act(input, weight, bias, bn_weight, bn_bias, running_mean, running_v
         check_tensor(OP, "residual", residual, dim=4, dtype=input.dtype, device=input.device)
         if tuple(residual.shape) != tuple(shape):
             raise ValueError(f"{OP}: argument 'residual' has shape {tuple(residual.shape)}, expected {shape}")
+    if momentum is None:
+        raise ValueError(f"{OP}: argument 'momentum' must be a number, got {momentum!r} (momentum=None, the "
+                         "cumulative average, is the modules' (ConvBNAct), as in nn.BatchNorm2d)")
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError(f"{OP}: training=False needs 'running_mean' and 'running_var'")
