@@ -1,8 +1,11 @@
 """Helpers shared by the tests (and imported by the benchmarks): devices, dtypes,
 layouts, tolerances against a float64 reference."""
 import contextlib
+import sys
+import types
 from collections import namedtuple
 
+import pytest
 import torch
 
 from fastcnn.triton_kernels._common import interpret_mode, interpreter_computes_bf16
@@ -190,3 +193,20 @@ def far_apart(shape, dim, dtype=torch.float16):
 
 __all__ = ["Conv", "check_forward_stats", "DEVICE", "ON_GPU", "DTYPES", "REL_TOL", "rel_error", "assert_close",
            "make_input", "expanded_grad", "leaves64", "assert_grads_close", "far_apart", "interpret_mode", "setting"]
+
+
+def torchvision_models():
+    """torchvision.models, or skip. Its model definitions need none of its compiled
+    ops: where the installed wheel's ops do not load against this torch (its fake-op
+    registrations then fail at import), they are skipped."""
+    try:
+        import torchvision.models as tvm
+        return tvm
+    except ImportError:
+        pytest.skip("torchvision is not installed")
+    except RuntimeError:
+        for mod in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[mod]
+        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+        import torchvision.models as tvm
+        return tvm

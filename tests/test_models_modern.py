@@ -4,8 +4,6 @@ forward + backward, fastcnn's Triton kernels (interpreter on CPU) against the
 reference backend on tiny width-reduced configs covering every block kind, and
 ``fastcnn.nn.convert`` leaving every model unchanged."""
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ import fastcnn.models as M
 import fastcnn.nn
 from fastcnn.models import _registry
 from fastcnn.nn import Conv2d
-from helpers import DEVICE, assert_close
+from helpers import DEVICE, assert_close, torchvision_models
 
 MODULES = {f"fastcnn.models.{m}" for m in
            ("resnet", "res2net", "mobilenet", "shufflenet", "nasnet", "efficientnet", "convnext")}
@@ -261,27 +259,10 @@ def test_model_forward_backward_and_convert(name):
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: {pname}"
 
 
-def _torchvision_models():
-    """torchvision.models, or skip. Its model definitions need none of its compiled
-    ops: where the installed wheel's ops do not load against this torch (its fake-op
-    registrations then fail at import), they are skipped."""
-    try:
-        import torchvision.models as tvm
-        return tvm
-    except ImportError:
-        pytest.skip("torchvision is not installed")
-    except RuntimeError:
-        for mod in [m for m in sys.modules if m.startswith("torchvision")]:
-            del sys.modules[mod]
-        sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
-        import torchvision.models as tvm
-        return tvm
-
-
 @pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "mobilenet_v2", "shufflenet_v2_x1_0",
                                   "efficientnet_b0", "convnext_tiny"])
 def test_torchvision_state_dict_round_trip(name):
-    tvm = _torchvision_models()
+    tvm = torchvision_models()
     ref = _randomize_bn(getattr(tvm, name)()).eval()
     model = M.create(name, algo="reference").eval()
     model.load_state_dict(ref.state_dict(), strict=True)
@@ -293,7 +274,7 @@ def test_torchvision_state_dict_round_trip(name):
 def test_torchvision_names_for_every_compatible_model():
     """Parameter names and shapes of the torchvision-compatible models equal
     torchvision's (checked on meta tensors, so the big ones cost nothing)."""
-    tvm = _torchvision_models()
+    tvm = torchvision_models()
     for name in TORCHVISION:
         with torch.device("meta"):
             ref = {k: v.shape for k, v in getattr(tvm, name)().state_dict().items()}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fastcnn.models as M
 from fastcnn.bench.suites import set_algo
-from helpers import DEVICE, assert_close
+from helpers import DEVICE, assert_close, torchvision_models
 
 PARAM_COUNTS = {
     # torchvision documentation (weights tables; vit_h_14 at 224x224, as its SWAG_LINEAR weights)
@@ -52,11 +52,7 @@ def test_torchvision_and_timm_parameter_names():
 
 
 def test_torchvision_state_dict_loads_strictly():
-    try:
-        import torchvision
-    except Exception as e:  # noqa: BLE001 - PyPI's torchvision does not import with every CPU torch
-        pytest.skip(f"torchvision unavailable: {e}")
-    tv = torchvision.models.vit_b_32()
+    tv = torchvision_models().vit_b_32()
     ours = M.create("vit_b_32").eval()
     ours.load_state_dict(tv.state_dict(), strict=True)
     x = torch.randn(1, 3, 224, 224)
