@@ -435,7 +435,8 @@ def test_runner_end_to_end_on_cpu_with_a_fake_timer(tmp_path, monkeypatch):
     models = runner.run(cfg, op_suites=[], timer=timer, progress=runner.Progress(2, io.StringIO()), env=env)
     rep.validate(models)
     assert models["skipped"] == [{"suite": "models", "name": "no_such_model",
-                                  "reason": "not registered in fastcnn.models yet"}]
+                                  "reason": "not registered in fastcnn.models "
+                                            "(fastcnn.models.list_models() has the names)"}]
     if model:
         infer, train = models["results"]
         assert (infer["group"], train["group"]) == (f"models/{model}/b1/infer", f"models/{model}/b1/train")

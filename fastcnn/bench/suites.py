@@ -2,6 +2,7 @@
 conv-BN-act (inference), depthwise, LRN, bias+activation and layer norm (op level)
 and the model zoo (model level). See registry.py for how to add one."""
 import copy
+import difflib
 import math
 
 from fastcnn.bench.registry import BenchConfig, Case, Skip, register_suite
@@ -350,7 +351,9 @@ def model_suite(config: BenchConfig):
     for name in names:
         found = resolve_model(name, registered)
         if found is None:
-            yield Skip("models", name, "not registered in fastcnn.models yet")
+            near = difflib.get_close_matches(name, registered, n=3)
+            hint = f" (did you mean {', '.join(near)}?)" if near else " (fastcnn.models.list_models() has the names)"
+            yield Skip("models", name, "not registered in fastcnn.models" + hint)
             continue
         for batch in batches:
             for pass_ in ("infer", "train"):

@@ -159,15 +159,15 @@ def _number(name, value):
 
 
 def check_lrn_args(input, size, alpha, beta, k, within_channel):
+    if within_channel is True and isinstance(input, torch.Tensor) and input.dim() != 4:
+        raise ValueError(f"{OP}: argument 'input' must be 4-dimensional (N, C, H, W) with "
+                         f"within_channel=True, got shape {tuple(input.shape)}")
     check_tensor(OP, "input", input, dim=(3, 4))
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"{OP}: argument 'size' must be a positive int, got {size!r}")
     alpha, beta, k = _number("alpha", alpha), _number("beta", beta), _number("k", k)
     if not isinstance(within_channel, bool):
         raise TypeError(f"{OP}: argument 'within_channel' must be a bool, got {within_channel!r}")
-    if within_channel and input.dim() != 4:
-        raise ValueError(f"{OP}: argument 'input' must be 4-dimensional (N, C, H, W) with "
-                         f"within_channel=True, got shape {tuple(input.shape)}")
     return alpha, beta, k
 
 
