@@ -197,3 +197,20 @@ def test_numerics_flags_are_part_of_the_signature():
         with setting(cudnn, deterministic=not cudnn.deterministic):
             det = _dispatch.signature(ARGS)
     assert len({base, tf32, matmul, det}) == 4 and _dispatch.signature(ARGS) == base
+
+
+def test_fallback_warnings_point_at_the_users_line():
+    """A fallback warning names the line of user code that made the call (through a
+    module's forward too), not fastcnn's or torch's internals, so the default filter
+    shows it once per call site and a user can find it."""
+    import fastcnn.nn as fnn
+    from fastcnn import ops
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    conv = fnn.Conv2d(2, 3, 3, algo="cudnn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ops.conv2d(x, w, algo="cudnn")  # CPU tensors: cuDNN cannot take them
+        conv(x)
+    fallbacks = [c for c in caught if "cannot take this call" in str(c.message)]
+    assert len(fallbacks) == 2 and all(c.filename == __file__ for c in fallbacks), \
+        [(c.filename, c.lineno) for c in fallbacks]

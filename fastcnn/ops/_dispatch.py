@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,25 @@ ALGOS = ("auto",) + BACKENDS
 # mode off, fastcnn's CUDA kernels); Triton's autotuner would time its
 # configurations, which a capture forbids as much as our own timing does.
 CAPTURE_ORDER = ("cudnn", "cuda", "triton", "reference")
+
+
+# Where fastcnn's and torch's frames live (and the stdlib wrappers between them), so
+# a warning points at the user's line that made the call, not at this file.
+_INTERNAL_DIRS = tuple(d + os.sep for d in (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),                # fastcnn/
+    os.path.dirname(os.path.abspath(interpret_mode.__code__.co_filename)),     # fastcnn.triton_kernels
+    os.path.dirname(os.path.abspath(torch.__file__))))
+_INTERNAL_FILES = (contextlib.__file__, functools.__file__)
+
+
+def user_stacklevel() -> int:
+    """warnings.warn's stacklevel that names the first frame, from the caller of
+    this function outwards, outside fastcnn, torch and contextlib/functools."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_INTERNAL_DIRS)
+                                 or frame.f_code.co_filename in _INTERNAL_FILES):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass(frozen=True)
@@ -232,7 +252,7 @@ class OpDispatcher:
         reasons = "; ".join(self.reasons(algo, args))
         # Python's default warning filter shows each distinct message once.
         warnings.warn(f"{self.op}: algo={algo!r} cannot take this call ({reasons}); using {fallback!r}",
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
         return fallback
 
     def _auto(self, candidates, args):
@@ -257,7 +277,7 @@ class OpDispatcher:
             choice = next(n for n in CAPTURE_ORDER if n in timed)
             warnings.warn(f"{self.op}: algo='auto' met this call first during CUDA graph capture, where it "
                           f"cannot time the backends; using {choice!r} (run the call once before capturing)",
-                          stacklevel=3)
+                          stacklevel=user_stacklevel())
             return choice
         times, failed = {}, {}
         for n in timed:
@@ -270,7 +290,7 @@ class OpDispatcher:
         if failed:
             warnings.warn(f"{self.op}: algo='auto' left out {sorted(failed)} for this call, which raised while "
                           f"timed: " + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in failed.items()),
-                          stacklevel=3)
+                          stacklevel=user_stacklevel())
         choice = min(times, key=times.get)
         AUTO_CACHE.put(env, key, choice)
         return choice
