@@ -140,6 +140,11 @@ def test_profile_command_rejects_bad_selections_before_needing_a_gpu(capsys):
     assert "--case 'no-such-layer' matches none" in err and "conv2d/resnet50.layer3.0.conv2/bf16/b32/fwd" in err
     assert main(["profile", "--op", "no_such_suite"]) == 2
     assert "unknown suite 'no_such_suite'" in capsys.readouterr().err
+    # which case has a backend is known only once its tensors exist (under the
+    # profiler); one that no suite has fails here
+    assert main(["profile", "--op", "conv2d", "--backend", "trition"]) == 2
+    assert ("--backend 'trition' is not a contender of any suite; choose one of: auto, compile, cuda, cudnn, triton"
+            in capsys.readouterr().err)
 
 
 # --- scripts/gpu_session.sh ---------------------------------------------------------------

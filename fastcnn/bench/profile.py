@@ -281,6 +281,10 @@ def workload_cases(spec):
     """The cases a profile spec selects (same suites as ``fastcnn bench``). Cheap: no
     tensors and no GPU, so a bad --op / --model / --case fails before any profiler starts."""
     from fastcnn.bench.registry import BenchConfig, Skip, cases
+    from fastcnn.bench.suites import ALL_CONTENDERS
+    if spec.get("backend", "triton") not in ALL_CONTENDERS:  # which case has it is known only once it runs
+        raise ProfileError(f"fastcnn profile: --backend {spec['backend']!r} is not a contender of any suite; "
+                           f"choose one of: {', '.join(ALL_CONTENDERS)}")
     config = BenchConfig(dtypes=(spec["dtype"],), batches=(spec["batch"],), backward=spec.get("backward", False),
                          models=[spec["model"]] if spec.get("model") else None, device=spec.get("device", "cuda"))
     if spec.get("model"):

@@ -15,6 +15,8 @@ MODEL_CONTENDERS = ("cudnn", "compile", "triton", "auto")
 # Row-wise ops: the eager PyTorch twin ("cudnn", as in every suite: what ATen runs),
 # that under torch.compile (Inductor fuses the same pass), and fastcnn.
 ROW_OP_CONTENDERS = ("cudnn", "compile", "triton", "auto")
+# Every contender name some suite has ("cuda": depthwise, separable, Winograd).
+ALL_CONTENDERS = tuple(sorted(set(OP_CONTENDERS + WINOGRAD_CONTENDERS + MODEL_CONTENDERS + ROW_OP_CONTENDERS)))
 
 # The model suite's configured list (fastcnn.models names); those not registered are
 # skipped with a note. Aliases cover the spellings a family module may choose.
