@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+import fastcnn
+import fastcnn.triton_kernels
 from fastcnn.triton_kernels._common import interpret_mode, interpreter_computes_bf16
 
 BACKENDS = ("triton", "cuda", "cudnn", "reference")
@@ -40,10 +42,8 @@ CAPTURE_ORDER = ("cudnn", "cuda", "triton", "reference")
 
 # Where fastcnn's and torch's frames live (and the stdlib wrappers between them), so
 # a warning points at the user's line that made the call, not at this file.
-_INTERNAL_DIRS = tuple(d + os.sep for d in (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),                # fastcnn/
-    os.path.dirname(os.path.abspath(interpret_mode.__code__.co_filename)),     # fastcnn.triton_kernels
-    os.path.dirname(os.path.abspath(torch.__file__))))
+_INTERNAL_DIRS = tuple(os.path.dirname(os.path.abspath(package.__file__)) + os.sep
+                       for package in (fastcnn, fastcnn.triton_kernels, torch))
 _INTERNAL_FILES = (contextlib.__file__, functools.__file__)
 
 
@@ -250,7 +250,7 @@ class OpDispatcher:
             return algo
         fallback = next(n for n in BACKENDS[BACKENDS.index(algo):] + ("reference",) if n in candidates)
         reasons = "; ".join(self.reasons(algo, args))
-        # Python's default warning filter shows each distinct message once.
+        # Python's default warning filter shows each message once per call site.
         warnings.warn(f"{self.op}: algo={algo!r} cannot take this call ({reasons}); using {fallback!r}",
                       stacklevel=user_stacklevel())
         return fallback
